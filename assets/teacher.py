@@ -1,0 +1,42 @@
+from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult,
+                     MetadataValue, asset)
+
+from mimo_pipeline.corpus import CorpusResult
+from mimo_pipeline.teacher import build_teacher_embeddings, check_teacher_embeddings, english_texts
+from resources import MimoSettings, ModelCatalog
+
+from ._meta import path_meta
+
+
+@asset(
+    group_name="teacher",
+    code_version="1",
+    deps=["teacher_model"],
+    description="The teacher's vectors of every English training sentence, cached as Parquet in "
+                "MIMO_HOME/teacher_cache/<teacher fingerprint>/ keyed by text hash: a re-run encodes "
+                "only what is missing, a teacher swap writes a new cache beside the old one.",
+    check_specs=[AssetCheckSpec("all_texts_cached_and_finite", asset="teacher_embeddings")],
+    io_manager_key="artifacts",
+)
+def teacher_embeddings(context: AssetExecutionContext, parallel_corpus: CorpusResult,
+                       settings: MimoSettings, catalog: ModelCatalog):
+    s = settings.resolve()
+    texts = english_texts(parallel_corpus.path, splits=("train",))
+    result = build_teacher_embeddings(texts, catalog.resolve_teacher(), s.teacher_cache_dir,
+                                      batch_size=s.profile.encode_batch_size)
+    r = result.report
+    context.log.info(f"teacher cache: {r.hits} hits, {r.misses} misses, "
+                     f"{r.sentences_per_s:.1f} sentences/s, {r.cache_bytes / 1e6:.1f} MB")
+    check = check_teacher_embeddings(result, texts)
+    return MaterializeResult(
+        value=result,
+        metadata={
+            "path": path_meta(r.path), "teacher": result.teacher_ref, "fingerprint": result.fingerprint,
+            "dim": result.dim, "texts": r.n_texts, "hits": r.hits, "misses": r.misses,
+            "sentences_per_s": MetadataValue.float(round(r.sentences_per_s, 1)),
+            "encode_seconds": MetadataValue.float(round(r.seconds, 2)),
+            "cache_rows": r.cache_rows, "cache_mb": MetadataValue.float(round(r.cache_bytes / 1e6, 2)),
+        },
+        check_results=[AssetCheckResult(check_name="all_texts_cached_and_finite", passed=check.ok,
+                                        metadata={"missing": check.missing, "non_finite": check.non_finite})],
+    )

@@ -1,0 +1,165 @@
+"""A content-addressed embedding cache in Parquet, one folder per model fingerprint.
+
+Layout: ``<root>/<fingerprint>/meta.json`` (model, dim, normalised) and shards
+``part-<hash>.parquet`` with columns ``text_hash`` (hex BLAKE2b-128 of the UTF-8
+text) and ``embedding`` (fixed-size list of float32). Shards are written atomically
+and named by the hash of their keys, so a crash loses at most the shard in flight,
+two writers never clobber each other, and a re-run encodes only what is missing.
+Vectors of two models never mix: the folder is the model's fingerprint and the
+dimension is checked on every write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import MimoInputError
+from .fileio import dir_size, write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+
+def text_key(text: str) -> str:
+    """The cache key of a text: hex BLAKE2b-128 of its UTF-8 bytes."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class EmbeddingCache:
+    """Vectors of one model, keyed by text hash, in Parquet shards under `root/fingerprint`."""
+
+    def __init__(self, root: str | Path, fingerprint: str, *, dim: int, model: str = "", normalized: bool = False):
+        self.dir = Path(root) / fingerprint
+        self.fingerprint, self.dim = fingerprint, int(dim)
+        meta_path = self.dir / "meta.json"
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            if int(meta["dim"]) != self.dim:
+                raise MimoInputError(
+                    f"cache holds {meta['dim']}-d vectors but the model gives {self.dim}-d: the "
+                    f"folder belongs to another model; delete it to rebuild", source=str(self.dir))
+        else:
+            write_json({"fingerprint": fingerprint, "dim": self.dim, "model": model,
+                        "normalized": normalized}, meta_path)
+        self._index: dict[str, tuple[Path, int]] | None = None
+
+    def shards(self) -> list[Path]:
+        return sorted(self.dir.glob("part-*.parquet"))
+
+    def _load_index(self) -> dict[str, tuple[Path, int]]:
+        if self._index is None:
+            index: dict[str, tuple[Path, int]] = {}
+            for shard in self.shards():
+                keys = pq.read_table(shard, columns=["text_hash"]).column(0).to_pylist()
+                for row, k in enumerate(keys):
+                    index.setdefault(k, (shard, row))
+            self._index = index
+        return self._index
+
+    def __len__(self) -> int:
+        return len(self._load_index())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._load_index()
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        index = self._load_index()
+        return [k for k in dict.fromkeys(keys) if k not in index]
+
+    def get(self, keys: Sequence[str]) -> np.ndarray:
+        """Vectors [len(keys), dim] for cached keys (KeyError names the first missing one)."""
+        index = self._load_index()
+        out = np.empty((len(keys), self.dim), dtype=np.float32)
+        by_shard: dict[Path, list[tuple[int, int]]] = {}
+        for i, k in enumerate(keys):
+            if k not in index:
+                raise KeyError(f"text hash {k} is not in the cache {self.dir}")
+            shard, row = index[k]
+            by_shard.setdefault(shard, []).append((i, row))
+        for shard, pairs in by_shard.items():
+            emb = pq.read_table(shard, columns=["embedding"]).column(0).combine_chunks()
+            flat = emb.values.to_numpy(zero_copy_only=False).reshape(-1, self.dim)
+            rows = np.array([r for _, r in pairs])
+            out[[i for i, _ in pairs]] = flat[rows]
+        return out
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> Path:
+        """Write one shard (atomically) and index it."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape != (len(keys), self.dim):
+            raise ValueError(f"expected vectors of shape ({len(keys)}, {self.dim}), got {vectors.shape}")
+        if not np.isfinite(vectors).all():
+            raise ValueError("refusing to cache non-finite vectors")
+        name = hashlib.blake2b("\n".join(keys).encode(), digest_size=8).hexdigest()
+        table = pa.table({
+            "text_hash": pa.array(list(keys), pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.dim),
+        })
+        shard = write_parquet(table, self.dir / f"part-{name}.parquet")
+        index = self._load_index()
+        for row, k in enumerate(keys):
+            index.setdefault(k, (shard, row))
+        return shard
+
+    def size_bytes(self) -> int:
+        return dir_size(self.dir)
+
+
+@dataclass(frozen=True)
+class CacheReport:
+    """What one cache build did."""
+
+    path: str
+    fingerprint: str
+    dim: int
+    n_texts: int  # unique texts asked for
+    hits: int
+    misses: int  # texts encoded in this build
+    seconds: float  # time spent encoding
+    cache_rows: int  # rows in the cache after the build
+    cache_bytes: int
+
+    @property
+    def sentences_per_s(self) -> float:
+        return self.misses / self.seconds if self.seconds > 0 else 0.0
+
+
+def fill_cache(
+    cache: EmbeddingCache,
+    texts: Sequence[str],
+    encode: Callable[[list[str]], np.ndarray],
+    *,
+    chunk_size: int = 2048,
+) -> CacheReport:
+    """Encode the texts missing from `cache`, writing one shard per chunk.
+
+    `encode` is called only for missing texts (nothing at all on a full hit). A crash
+    loses at most the chunk in flight; a re-run resumes from the shards on disk.
+    """
+    unique = list(dict.fromkeys(texts))
+    keys = [text_key(t) for t in unique]
+    missing = set(cache.missing(keys))
+    todo = [(k, t) for k, t in zip(keys, unique) if k in missing]
+    hits = len(unique) - len(todo)
+    log.info("cache %s: %d texts, %d hits, %d to encode", cache.dir, len(unique), hits, len(todo))
+    t0 = time.perf_counter()
+    for start in range(0, len(todo), chunk_size):
+        part = todo[start:start + chunk_size]
+        vecs = encode([t for _, t in part])
+        cache.put([k for k, _ in part], vecs)
+        done = start + len(part)
+        rate = done / max(time.perf_counter() - t0, 1e-9)
+        log.info("encoded %d/%d (%.1f sentences/s)", done, len(todo), rate)
+    seconds = time.perf_counter() - t0 if todo else 0.0
+    return CacheReport(path=str(cache.dir), fingerprint=cache.fingerprint, dim=cache.dim,
+                       n_texts=len(unique), hits=hits, misses=len(todo), seconds=seconds,
+                       cache_rows=len(cache), cache_bytes=cache.size_bytes())

@@ -1,0 +1,111 @@
+"""Sentence embeddings with plain transformers: tokenizer + AutoModel + pooling.
+
+`SentenceEncoder` reads the pooling, normalisation, max length and prompts of a
+sentence-transformers folder (see `checkpoint.read_pooling_spec`) and encodes in
+length-sorted batches with dynamic padding under `torch.inference_mode`, which is what
+makes it faster than padding every batch to the longest sentence of the input.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import PoolingSpec, read_pooling_spec
+
+log = logging.getLogger(__name__)
+
+
+def pool(token_vectors: torch.Tensor, attention_mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    """Pool token vectors [B, T, H] into sentence vectors [B, H] over the attention mask."""
+    mask = attention_mask.unsqueeze(-1).to(token_vectors.dtype)
+    if mode == "mean":
+        return (token_vectors * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    if mode == "cls":
+        return token_vectors[:, 0]
+    if mode == "max":
+        return token_vectors.masked_fill(mask == 0, torch.finfo(token_vectors.dtype).min).max(1).values
+    raise ValueError(f"unknown pooling mode {mode!r}")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class SentenceEncoder:
+    """Encode sentences with a local HF / sentence-transformers model folder."""
+
+    def __init__(self, path: str | Path, *, device: str | None = None, max_seq_length: int | None = None):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path = Path(path)
+        self.spec: PoolingSpec = read_pooling_spec(self.path)
+        self.max_seq_length = min(max_seq_length or self.spec.max_seq_length, self.spec.max_seq_length)
+        self.device = torch.device(device or default_device())
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.model = AutoModel.from_pretrained(self.path).to(self.device).eval()
+        self.forward_passes = 0  # counted so tests can prove a cache hit does no work
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt: str | None = None,
+        batch_size: int = 64,
+        normalize: bool | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Encode `texts` into a float32 array [N, dim].
+
+        ``prompt`` names one of the model's prompts (``"query"``, ``"document"``);
+        ``normalize`` defaults to the model's own (a ``Normalize`` module or not).
+        """
+        normalize = self.spec.normalize if normalize is None else normalize
+        prefix = self.spec.prompt(prompt)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not len(texts):
+            return out
+        # Sort by length so each batch pads to similar lengths (dynamic padding).
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        done = 0
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            batch = self.tokenizer(
+                [prefix + texts[i] for i in idx], padding=True, truncation=True,
+                max_length=self.max_seq_length, return_tensors="pt",
+            ).to(self.device)
+            with torch.inference_mode():
+                hidden = self.model(**batch).last_hidden_state
+                self.forward_passes += 1
+                vecs = pool(hidden, batch["attention_mask"], self.spec.mode)
+                if normalize:
+                    vecs = torch.nn.functional.normalize(vecs, dim=-1)
+            out[idx] = vecs.float().cpu().numpy()
+            done += len(idx)
+            if progress is not None:
+                progress(done, len(texts))
+        return out
+
+
+class ProgressLog:
+    """A `progress` callback that logs every `every` seconds with a rate."""
+
+    def __init__(self, what: str, every: float = 10.0, logger: logging.Logger = log):
+        self.what, self.every, self.log = what, every, logger
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.every or done == total:
+            rate = done / max(now - self.t0, 1e-9)
+            self.log.info("%s: %d/%d (%.0f%%, %.1f/s)", self.what, done, total, 100 * done / total, rate)
+            self.last = now

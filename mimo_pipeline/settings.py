@@ -1,0 +1,99 @@
+"""Where artifacts live, which profile runs, and which teacher and student it uses.
+
+Read from the environment when asked (never at import time):
+
+- ``MIMO_HOME``: the artifact root (default ``<repo>/data``);
+- ``MIMO_PROFILE``: ``default`` (the embedded default) or ``smoke`` (the whole graph
+  in about two minutes on 2 CPU cores, for tests);
+- ``MIMO_TEACHER`` / ``MIMO_STUDENT``: a model reference overriding the profile's
+  (catalog name, HF id or local path; see `catalog`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+from .corpus import CorpusConfig
+from .errors import MimoInputError
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one run of the pipeline. Hyper-parameters elsewhere scale from these."""
+
+    name: str
+    teacher: str = "all-MiniLM-L6-v2"
+    student: str = "multilingual-e5-small"
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    encode_batch_size: int = 64
+
+
+PROFILES: dict[str, Profile] = {
+    # The embedded default: the whole Old Testament for training, New Testament held out.
+    "default": Profile(name="default"),
+    # The whole graph in about two minutes on 2 CPU cores.
+    "smoke": Profile(name="smoke", corpus=CorpusConfig(max_train_verses=200, max_eval_verses=100)),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise MimoInputError(f"unknown profile {name!r}; use one of {sorted(PROFILES)}",
+                             source="MIMO_PROFILE") from None
+
+
+def default_home() -> Path:
+    """``<repo>/data`` for a source checkout, else ``./data``."""
+    repo = Path(__file__).resolve().parents[1]
+    return repo / "data" if (repo / "pyproject.toml").exists() else Path.cwd() / "data"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    profile: Profile
+    teacher: str
+    student: str
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        home: str | None = None,
+        profile: str | None = None,
+        teacher: str | None = None,
+        student: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> "Settings":
+        """Explicit values win, then ``MIMO_*`` environment variables, then the profile."""
+        env = os.environ if env is None else env
+        prof = get_profile(profile or env.get("MIMO_PROFILE") or "default")
+        home_path = Path(home or env.get("MIMO_HOME") or default_home()).expanduser().resolve()
+        return cls(
+            home=home_path,
+            profile=prof,
+            teacher=teacher or env.get("MIMO_TEACHER") or prof.teacher,
+            student=student or env.get("MIMO_STUDENT") or prof.student,
+        )
+
+    def with_corpus(self, **overrides) -> CorpusConfig:
+        """The profile's corpus config with non-None overrides applied."""
+        return replace(self.profile.corpus, **{k: v for k, v in overrides.items() if v is not None})
+
+    # Layout under MIMO_HOME (DESIGN §2).
+    @property
+    def corpus_dir(self) -> Path:
+        return self.home / "corpus"
+
+    @property
+    def teacher_cache_dir(self) -> Path:
+        return self.home / "teacher_cache"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"

@@ -1,0 +1,7 @@
+"""Dagster resources and IO managers of mimo_pipeline."""
+
+from .artifacts import ArtifactIOManager
+from .catalog import ModelCatalog
+from .settings import MimoSettings
+
+__all__ = ["ArtifactIOManager", "ModelCatalog", "MimoSettings"]
