@@ -35,7 +35,7 @@ setup: $(VENV)/.project
 	@touch $(DAGSTER_HOME)/dagster.yaml
 
 run: setup
-	$(BIN)/python -m mimo_pipeline.run_job full_mimo
+	$(BIN)/python -m mimo_pipeline.definitions full_mimo
 
 test: setup
 	$(BIN)/python -m pytest -q

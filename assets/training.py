@@ -1,0 +1,208 @@
+from typing import Optional
+
+from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Config, MaterializeResult,
+                     MetadataValue, asset)
+from pydantic import Field
+
+from mimo_pipeline.corpus import CorpusResult
+from mimo_pipeline.pairs import PairsResult, build_retrieval_pairs_from_corpus
+from mimo_pipeline.stages import (BASELINES, StageConfig, TrainedModel, loss_curve_plot, probe, train_baseline,
+                                  train_stage1, train_stage2, translation_p_at_1)
+from mimo_pipeline.student import ModelCheckpoint
+from mimo_pipeline.teacher import TeacherEmbeddings
+from mimo_pipeline.training import TrainConfig
+from resources import MimoSettings, MlflowTracking, ModelCatalog, ResultsStore
+
+from ._meta import md_table, path_meta
+
+
+@asset(
+    group_name="data",
+    code_version="1",
+    description="Stage-2 query–passage pairs: an Old Testament verse and one of its cross-references, each side "
+                "in both languages of an ordered language pair (a ≠ b) drawn uniformly, plus the English "
+                "versions the teacher embeds.",
+    check_specs=[AssetCheckSpec("pairs_cross_languages", asset="retrieval_pairs")],
+    io_manager_key="artifacts",
+)
+def retrieval_pairs(context: AssetExecutionContext, parallel_corpus: CorpusResult, settings: MimoSettings):
+    s = settings.resolve()
+    result = build_retrieval_pairs_from_corpus(parallel_corpus, s.home / "corpus" / "pairs", s.profile.pairs)
+    same = sum(n for (a, b), n in result.pairs_by_lang_pair.items() if a == b)
+    return MaterializeResult(
+        value=result,
+        metadata={"path": path_meta(result.path), "dagster/row_count": MetadataValue.int(result.n_pairs),
+                  "language_pairs": md_table(["lang_a", "lang_b", "pairs"],
+                                             [(a, b, n) for (a, b), n in sorted(result.pairs_by_lang_pair.items())])},
+        check_results=[AssetCheckResult(check_name="pairs_cross_languages", passed=result.n_pairs > 0 and same == 0,
+                                        metadata={"pairs": result.n_pairs, "same_language": same})],
+    )
+
+
+class StageSettings(Config):
+    """Training settings. Defaults are the paper's (DESIGN §1); unset sizes come from the profile."""
+
+    steps: Optional[int] = Field(default=None, description="Optimizer steps (profile's default when unset).")
+    batch_size: Optional[int] = Field(default=None, description="Rows per step (paper: 128 / 2048).")
+    max_length: Optional[int] = Field(default=None, description="Max tokens per text.")
+    lr: float = Field(default=2e-5, description="Peak learning rate (paper: 1e-4 Stage 1, 2e-5 Stage 2).")
+    warmup_ratio: float = Field(default=0.1, description="Linear warmup share of the steps.")
+    grad_accum: int = Field(default=1, description="Micro-batches per step.")
+    seed: int = 13
+    distill: str = Field(default="cosine", description="Distillation distance: cosine, mse or l2.")
+    lam: float = Field(default=0.2, description="λ: weight of the cross-lingual InfoNCE in Stage 2.")
+    alpha: float = Field(default=0.5, description="α: weight of LaKDA's KL term.")
+    freeze_word_embeddings: bool = Field(default=True, description="Freeze the word embeddings (CPU default).")
+    translation_p1: bool = Field(default=True, description="Measure held-out en↔X translation P@1.")
+
+
+class Stage1Settings(StageSettings):
+    lr: float = Field(default=1e-4, description="Peak learning rate (paper: 1e-4).")
+
+
+def _stage_config(cfg: StageSettings, s, steps_default: int) -> StageConfig:
+    sizes = s.profile.training
+    steps = cfg.steps or steps_default
+    return StageConfig(
+        train=TrainConfig(steps=steps, batch_size=cfg.batch_size or sizes.batch_size,
+                          lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, grad_accum=cfg.grad_accum,
+                          max_length=cfg.max_length or sizes.max_length, seed=cfg.seed,
+                          freeze_word_embeddings=cfg.freeze_word_embeddings,
+                          checkpoint_every=sizes.checkpoint_every, log_every=max(1, steps // 20)),
+        distill=cfg.distill, lam=cfg.lam, alpha=cfg.alpha)
+
+
+def _p1(path, corpus: CorpusResult, s) -> dict:
+    return {k: round(v, 4) for k, v in translation_p_at_1(path, corpus.path,
+                                                         per_language=s.profile.translation_p1_pairs).items()}
+
+
+def _train_tracked(context, name, tracking: MlflowTracking, catalog: ModelCatalog, cfg: StageConfig, fn):
+    """Run a training function inside an MLflow run named after the model and teacher."""
+    teacher = catalog.resolve_teacher().name
+    params = {**cfg.train.result_settings(), "distill": cfg.distill, "lam": cfg.lam, "alpha": cfg.alpha}
+    with tracking.tracker().run(f"{name} · {teacher}", dagster_run_id=context.run.run_id, params=params,
+                                tags={"model": name, "teacher": teacher}) as run:
+        trained = fn(lambda rec: run.log_metrics({k: v for k, v in rec.items() if k != "step"},
+                                                 step=int(rec["step"])))
+        run.log_metrics({**{f"final_{k}": v for k, v in trained.final_terms.items()},
+                         "pairs_per_s": trained.pairs_per_s, "wall_s": trained.wall_s}, step=trained.steps)
+        run.set_tag("checkpoint", trained.checkpoint.path)
+        return trained, run.run_id
+
+
+def _checks(asset_name, model=None):
+    prefix = f"{model}_" if model else ""
+    return [AssetCheckSpec(f"{prefix}{n}", asset=asset_name) for n in ("loss_went_down", "no_nan", "reloads_and_embeds")]
+
+
+def _result(context, trained: TrainedModel, asset_name, s, results: ResultsStore, run_id, teacher_name,
+            student_name, corpus: CorpusResult, p1: bool, extra=None, prefix="") -> MaterializeResult:
+    """Record a trained model in DuckDB (its folder is complete by now) and describe it."""
+    import base64
+    import math
+
+    ckpt = trained.checkpoint
+    results.db().append("checkpoints", [{
+        "model": ckpt.model, "asset": asset_name, "path": ckpt.path, "teacher": teacher_name,
+        "student_base": student_name, "dagster_run_id": context.run.run_id, "mlflow_run_id": run_id}])
+    plot = loss_curve_plot(trained.history, s.home / "plots" / f"loss_{ckpt.model}_{ckpt.fingerprint}.png",
+                           f"{ckpt.model} loss")
+    ok, dim = probe(ckpt)
+    losses = [h["loss"] for h in trained.history if "loss" in h]
+    went_down = len(losses) >= 2 and losses[-1] < losses[0]
+    finite = all(math.isfinite(v) for v in trained.final_terms.values())
+    md = {
+        "path": path_meta(ckpt.path), "fingerprint": ckpt.fingerprint, "mlflow_run_id": run_id,
+        "steps": trained.steps, "pairs_per_s": MetadataValue.float(round(trained.pairs_per_s, 2)),
+        "wall_s": MetadataValue.float(round(trained.wall_s, 1)), "reused": trained.reused,
+        "resumed_from_step": trained.resumed_from_step,
+        "final_terms": MetadataValue.json({k: round(v, 5) for k, v in trained.final_terms.items()}),
+    }
+    if plot is not None:
+        md["loss_curve"] = MetadataValue.md(f"![loss](data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()})")
+        md["loss_curve_path"] = path_meta(plot)
+    if p1:
+        md["translation_p@1"] = MetadataValue.json(_p1(ckpt.path, corpus, s))
+    md.update(extra or {})
+    name = prefix.rstrip("/")
+    check = (f"{name}_" if name else "")
+    checks = [
+        AssetCheckResult(check_name=f"{check}loss_went_down", passed=went_down,
+                         metadata={"first": losses[0] if losses else float("nan"),
+                                   "last": losses[-1] if losses else float("nan")}),
+        AssetCheckResult(check_name=f"{check}no_nan", passed=finite),
+        AssetCheckResult(check_name=f"{check}reloads_and_embeds", passed=ok, metadata={"dim": dim}),
+    ]
+    return MaterializeResult(value=trained, metadata={f"{prefix}{k}": v for k, v in md.items()}, check_results=checks)
+
+
+@asset(
+    group_name="training", code_version="1",
+    description="Stage 1: the student distilled through a training-only projection onto the teacher's English "
+                "vectors of parallel sentences (and English identity pairs). Checkpoint under "
+                "MIMO_HOME/models/stage1/<fingerprint>/.",
+    check_specs=_checks("stage1_checkpoint"), io_manager_key="artifacts",
+)
+def stage1_checkpoint(context: AssetExecutionContext, config: Stage1Settings, student_base: ModelCheckpoint,
+                      parallel_corpus: CorpusResult, teacher_embeddings: TeacherEmbeddings, settings: MimoSettings,
+                      catalog: ModelCatalog, results: ResultsStore, tracking: MlflowTracking):
+    s = settings.resolve()
+    cfg = _stage_config(config, s, s.profile.training.stage1_steps)
+    trained, run_id = _train_tracked(
+        context, "stage1", tracking, catalog, cfg,
+        lambda on_log: train_stage1(student_base, parallel_corpus.path, teacher_embeddings, cfg, s.models_dir,
+                                    on_log=on_log))
+    extra = {}
+    if config.translation_p1:
+        extra["base_student_translation_p@1"] = MetadataValue.json(_p1(student_base.path, parallel_corpus, s))
+    return _result(context, trained, "stage1_checkpoint", s, results, run_id, teacher_embeddings.teacher_ref,
+                   student_base.source_ref, parallel_corpus, config.translation_p1, extra)
+
+
+@asset(
+    group_name="training", code_version="1",
+    description="Stage 2, the MIMO model: from Stage 1 and its projection, 0.2·cross-lingual InfoNCE + "
+                "0.8·distillation onto the teacher's English vectors of the query and passage. Checkpoint under "
+                "MIMO_HOME/models/mimo/<fingerprint>/.",
+    check_specs=_checks("stage2_checkpoint"), io_manager_key="artifacts",
+)
+def stage2_checkpoint(context: AssetExecutionContext, config: StageSettings, stage1_checkpoint: TrainedModel,
+                      retrieval_pairs: PairsResult, teacher_embeddings: TeacherEmbeddings,
+                      parallel_corpus: CorpusResult, settings: MimoSettings, catalog: ModelCatalog,
+                      results: ResultsStore, tracking: MlflowTracking):
+    s = settings.resolve()
+    cfg = _stage_config(config, s, s.profile.training.stage2_steps)
+    trained, run_id = _train_tracked(
+        context, "mimo", tracking, catalog, cfg,
+        lambda on_log: train_stage2(stage1_checkpoint.checkpoint, stage1_checkpoint.projection_path,
+                                    retrieval_pairs.path, teacher_embeddings, cfg, s.models_dir, on_log=on_log))
+    return _result(context, trained, "stage2_checkpoint", s, results, run_id, teacher_embeddings.teacher_ref,
+                   stage1_checkpoint.checkpoint.source_ref, parallel_corpus, config.translation_p1)
+
+
+@asset(
+    group_name="training", code_version="1",
+    description="Teacher-free baselines on the Stage-2 pairs and schedule, from the base student: infonce "
+                "(same-language pairs), xlco (cross-lingual InfoNCE), lakda ((1-α)·DPR + α·KL). Checkpoints under "
+                "MIMO_HOME/models/<model>/<fingerprint>/.",
+    check_specs=[spec for name in BASELINES for spec in _checks("baseline_checkpoints", name)],
+    io_manager_key="artifacts",
+)
+def baseline_checkpoints(context: AssetExecutionContext, config: StageSettings, student_base: ModelCheckpoint,
+                         retrieval_pairs: PairsResult, parallel_corpus: CorpusResult, settings: MimoSettings,
+                         catalog: ModelCatalog, results: ResultsStore, tracking: MlflowTracking):
+    s = settings.resolve()
+    cfg = _stage_config(config, s, s.profile.training.stage2_steps)
+    out, metadata, checks = {}, {}, []
+    for name in BASELINES:
+        trained, run_id = _train_tracked(
+            context, name, tracking, catalog, cfg,
+            lambda on_log, name=name: train_baseline(name, student_base, retrieval_pairs.path, cfg, s.models_dir,
+                                                     on_log=on_log))
+        res = _result(context, trained, "baseline_checkpoints", s, results, run_id, None, student_base.source_ref,
+                      parallel_corpus, config.translation_p1, prefix=f"{name}/")
+        out[name] = trained
+        metadata.update(res.metadata)
+        checks.extend(res.check_results)
+    return MaterializeResult(value=out, metadata=metadata, check_results=checks)

@@ -1,0 +1,88 @@
+"""The summary ``make run`` prints: corpus size, teacher cache figures and results tables.
+
+Everything is read back from what the pipeline wrote (the manifests of the latest
+materialisations and DuckDB), so the printout shows what is on disk, not what a
+process remembers.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+from .settings import Settings
+from .storage import ResultsDB
+
+#: The headline comparison: rows = models, columns = benchmark task x metric (query_lang = all).
+HEADLINE_METRICS = ("ndcg@10", "recall@100", "mrc@10", "peer@100")
+MODEL_ORDER = ("base_student", "stage1", "mimo", "infonce", "xlco", "lakda", "use_m", "teacher_en")
+
+
+def load_manifest(settings: Settings, asset: str):
+    """The handle of the latest materialisation of an asset (see resources.ArtifactIOManager)."""
+    path = settings.home / "manifests" / settings.profile.name / f"{asset}.pkl"
+    return pickle.loads(path.read_bytes()) if path.exists() else None
+
+
+def markdown_table(header, rows) -> str:
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def results_table(db: ResultsDB, dagster_run_id: str | None = None, *, bold_best: bool = True) -> str:
+    """Models x (task, metric) for query_lang = 'all' (mean over benchmarks of a task), markdown."""
+    where = "query_lang = 'all'" + (" AND dagster_run_id = ?" if dagster_run_id else "")
+    df = db.query(f"""
+        SELECT model, task, metric, avg(value) AS value FROM eval_metrics
+        WHERE {where} AND metric IN ({', '.join('?' * len(HEADLINE_METRICS))})
+        GROUP BY model, task, metric""", ([dagster_run_id] if dagster_run_id else []) + list(HEADLINE_METRICS))
+    if df.empty:
+        return "(no evaluation results yet)"
+    cols = [(t, m) for t in ("mlir", "monolingual", "translation") for m in HEADLINE_METRICS
+            if ((df.task == t) & (df.metric == m)).any()]
+    models = [m for m in MODEL_ORDER if m in set(df.model)] + sorted(set(df.model) - set(MODEL_ORDER))
+    value = {(r.model, r.task, r.metric): r.value for r in df.itertuples()}
+    best = {c: max((value.get((m, *c)) for m in models if m != "teacher_en" and (m, *c) in value), default=None)
+            for c in cols}
+    rows = []
+    for m in models:
+        row = [m]
+        for c in cols:
+            v = value.get((m, *c))
+            cell = "" if v is None else f"{v:.4f}"
+            if bold_best and v is not None and v == best[c] and m != "teacher_en":
+                cell = f"**{cell}**"
+            row.append(cell)
+        rows.append(row)
+    return markdown_table(["model", *[f"{t} {m}" for t, m in cols]], rows)
+
+
+def print_summary(settings: Settings, dagster_run_id: str | None = None) -> None:
+    """Print what a run of full_mimo produced."""
+    print(f"\nMIMO_HOME={settings.home}  profile={settings.profile.name}  "
+          f"teacher={settings.teacher}  student={settings.student}")
+    corpus = load_manifest(settings, "parallel_corpus")
+    if corpus is not None:
+        per_lang: dict[str, dict[str, int]] = {}
+        for (lang, split), n in corpus.rows_by_lang_split.items():
+            per_lang.setdefault(lang, {})[split] = n
+        print(f"\nparallel corpus ({corpus.path}):")
+        print(markdown_table(["lang", "train", "eval"],
+                             [(k, v.get("train", 0), v.get("eval", 0)) for k, v in sorted(per_lang.items())]))
+    teacher = load_manifest(settings, "teacher_embeddings")
+    if teacher is not None:
+        r = teacher.report
+        print(f"\nteacher cache {r.path}: {r.n_texts} texts, {r.hits} hits, {r.misses} misses, "
+              f"{r.sentences_per_s:.1f} sentences/s, {r.cache_rows} rows, {r.cache_bytes / 1e6:.1f} MB")
+    db_path = Path(settings.home) / "mimo.duckdb"
+    if db_path.exists():
+        db = ResultsDB(db_path)
+        ckpts = db.query("SELECT model, path FROM checkpoints WHERE dagster_run_id = ? ORDER BY model",
+                         [dagster_run_id or ""])
+        if not ckpts.empty:
+            print("\ncheckpoints:")
+            print(markdown_table(["model", "path"], ckpts.itertuples(index=False)))
+        print("\nresults (query_lang = all; mean over benchmarks of a task):")
+        print(results_table(db, dagster_run_id))
+    print(f"\nquery the results: duckdb {db_path}  (tables checkpoints, eval_metrics, au_metrics)")
