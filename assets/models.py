@@ -1,7 +1,8 @@
 from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, DataVersion, MaterializeResult,
                      MetadataValue, ObserveResult, asset, observable_source_asset)
 
-from mimo_pipeline.student import export_checkpoint, probe_checkpoint
+from mimo_pipeline.stages import inspect_checkpoint
+from mimo_pipeline.student import export_checkpoint
 from resources import MimoSettings, ModelCatalog
 
 from ._meta import path_meta
@@ -32,12 +33,12 @@ def teacher_model(catalog: ModelCatalog) -> ObserveResult:
 )
 def student_base(context: AssetExecutionContext, settings: MimoSettings, catalog: ModelCatalog):
     ckpt = export_checkpoint(catalog.resolve_student(), settings.resolve().models_dir, "base_student")
-    probe = probe_checkpoint(ckpt)
+    probe = inspect_checkpoint(ckpt, None)
     return MaterializeResult(
         value=ckpt,
         data_version=DataVersion(ckpt.fingerprint),
         metadata={"path": path_meta(ckpt.path), "fingerprint": ckpt.fingerprint, "ref": ckpt.source_ref,
                   "dim": ckpt.dim, "prompts": MetadataValue.json(ckpt.prompts)},
         check_results=[AssetCheckResult(check_name="reloads_and_embeds", passed=probe.ok,
-                                        metadata={"dim": probe.dim, "finite": probe.finite})],
+                                        metadata={"dim": probe.dim})],
     )

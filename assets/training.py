@@ -6,8 +6,8 @@ from pydantic import Field
 
 from mimo_pipeline.corpus import CorpusResult
 from mimo_pipeline.pairs import PairsResult, build_retrieval_pairs_from_corpus
-from mimo_pipeline.stages import (BASELINES, StageConfig, TrainedModel, loss_curve_plot, probe, train_baseline,
-                                  train_stage1, train_stage2, translation_p_at_1)
+from mimo_pipeline.stages import (BASELINES, StageConfig, TrainedModel, inspect_checkpoint, loss_curve_plot,
+                                  train_baseline, train_stage1, train_stage2)
 from mimo_pipeline.student import ModelCheckpoint
 from mimo_pipeline.teacher import TeacherEmbeddings
 from mimo_pipeline.training import TrainConfig
@@ -72,11 +72,6 @@ def _stage_config(cfg: StageSettings, s, steps_default: int) -> StageConfig:
         distill=cfg.distill, lam=cfg.lam, alpha=cfg.alpha)
 
 
-def _p1(path, corpus: CorpusResult, s) -> dict:
-    return {k: round(v, 4) for k, v in translation_p_at_1(path, corpus.path,
-                                                         per_language=s.profile.translation_p1_pairs).items()}
-
-
 def _train_tracked(context, name, tracking: MlflowTracking, catalog: ModelCatalog, cfg: StageConfig, fn):
     """Run a training function inside an MLflow run named after the model and teacher."""
     teacher = catalog.resolve_teacher().name
@@ -108,7 +103,7 @@ def _result(context, trained: TrainedModel, asset_name, s, results: ResultsStore
         "student_base": student_name, "dagster_run_id": context.run.run_id, "mlflow_run_id": run_id}])
     plot = loss_curve_plot(trained.history, s.home / "plots" / f"loss_{ckpt.model}_{ckpt.fingerprint}.png",
                            f"{ckpt.model} loss")
-    ok, dim = probe(ckpt)
+    report = inspect_checkpoint(ckpt, corpus.path if p1 else None, per_language=s.profile.translation_p1_pairs)
     losses = [h["loss"] for h in trained.history if "loss" in h]
     went_down = len(losses) >= 2 and losses[-1] < losses[0]
     finite = all(math.isfinite(v) for v in trained.final_terms.values())
@@ -122,8 +117,8 @@ def _result(context, trained: TrainedModel, asset_name, s, results: ResultsStore
     if plot is not None:
         md["loss_curve"] = MetadataValue.md(f"![loss](data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()})")
         md["loss_curve_path"] = path_meta(plot)
-    if p1:
-        md["translation_p@1"] = MetadataValue.json(_p1(ckpt.path, corpus, s))
+    if report.translation_p1:
+        md["translation_p@1"] = MetadataValue.json({k: round(v, 4) for k, v in report.translation_p1.items()})
     md.update(extra or {})
     name = prefix.rstrip("/")
     check = (f"{name}_" if name else "")
@@ -132,7 +127,7 @@ def _result(context, trained: TrainedModel, asset_name, s, results: ResultsStore
                          metadata={"first": losses[0] if losses else float("nan"),
                                    "last": losses[-1] if losses else float("nan")}),
         AssetCheckResult(check_name=f"{check}no_nan", passed=finite),
-        AssetCheckResult(check_name=f"{check}reloads_and_embeds", passed=ok, metadata={"dim": dim}),
+        AssetCheckResult(check_name=f"{check}reloads_and_embeds", passed=report.ok, metadata={"dim": report.dim}),
     ]
     return MaterializeResult(value=trained, metadata={f"{prefix}{k}": v for k, v in md.items()}, check_results=checks)
 
@@ -155,7 +150,9 @@ def stage1_checkpoint(context: AssetExecutionContext, config: Stage1Settings, st
                                     on_log=on_log))
     extra = {}
     if config.translation_p1:
-        extra["base_student_translation_p@1"] = MetadataValue.json(_p1(student_base.path, parallel_corpus, s))
+        base = inspect_checkpoint(student_base, parallel_corpus.path, per_language=s.profile.translation_p1_pairs)
+        extra["base_student_translation_p@1"] = MetadataValue.json(
+            {k: round(v, 4) for k, v in base.translation_p1.items()})
     return _result(context, trained, "stage1_checkpoint", s, results, run_id, teacher_embeddings.teacher_ref,
                    student_base.source_ref, parallel_corpus, config.translation_p1, extra)
 

@@ -28,11 +28,11 @@ class TrainingSizes:
     asset configs' defaults for everything else (lr 1e-4 / 2e-5, λ 0.2, warmup 0.1);
     a GPU run at paper scale raises these: 1 epoch, batch 128 (Stage 1) and 2048 (Stage 2)."""
 
-    stage1_steps: int = 120
-    stage2_steps: int = 60
+    stage1_steps: int = 60
+    stage2_steps: int = 30
     batch_size: int = 32
     max_length: int = 64
-    checkpoint_every: int = 20
+    checkpoint_every: int = 10
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,19 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     # The embedded default: the whole Old Testament for training (capped draws), the New
     # Testament held out; all training together about 10 minutes on 2 CPU cores.
-    "default": Profile(name="default"),
+    "default": Profile(
+        name="default",
+        corpus=CorpusConfig(max_train_verses=4000),
+        benchmarks=BenchmarkConfig(query_verses=100, pool_verses=400, translation_queries=50),
+    ),
     # The whole graph in about two minutes on 2 CPU cores.
     "smoke": Profile(
         name="smoke",
-        corpus=CorpusConfig(languages=("de", "fr", "zh"), max_train_verses=300, max_eval_verses=400),
+        corpus=CorpusConfig(languages=("de", "zh"), max_train_verses=300, max_eval_verses=300),
         pairs=PairsConfig(max_pairs=200),
-        benchmarks=BenchmarkConfig(query_verses=30, pool_verses=120, translation_queries=20),
+        benchmarks=BenchmarkConfig(query_verses=20, pool_verses=80, translation_queries=10),
         training=TrainingSizes(stage1_steps=4, stage2_steps=3, batch_size=8, max_length=32, checkpoint_every=2),
-        translation_p1_pairs=30,
+        translation_p1_pairs=20,
     ),
 }
 

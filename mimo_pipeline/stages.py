@@ -205,18 +205,16 @@ def train_baseline(name: str, init: ModelCheckpoint, pairs_path: str | Path, cfg
     return _run(name, init, fp, models_dir, cfg, objective, batch_at, None, on_log)
 
 
-def translation_p_at_1(checkpoint_path: str | Path, corpus_path: str | Path, *, split: str = "eval",
-                       per_language: int = 200, seed: int = 13, batch_size: int = 64) -> dict[str, float]:
+def translation_p_at_1(encoder, corpus_path: str | Path, *, split: str = "eval", per_language: int = 200,
+                       seed: int = 13, batch_size: int = 64) -> dict[str, float]:
     """Held-out en↔X translation retrieval P@1 of a model's own vectors (mean of both directions).
 
-    For each language, ``per_language`` seeded pairs of the split: each English sentence
-    retrieves among the X sentences and vice versa. Returns ``{lang: P@1, "all": mean}``.
+    ``encoder`` is a `encoder.SentenceEncoder`. For each language, ``per_language`` seeded
+    pairs of the split: each English sentence retrieves among the X sentences and vice
+    versa. Returns ``{lang: P@1, "all": mean}``.
     """
-    from .encoder import SentenceEncoder
-
     table = pq.read_table(corpus_path, columns=["text", "en", "lang", "split"])
     table = table.filter(pc.equal(table["split"], split))
-    encoder = SentenceEncoder(checkpoint_path)
     rng = np.random.default_rng(seed)
     out: dict[str, float] = {}
     langs = table["lang"].to_pylist()
@@ -231,6 +229,37 @@ def translation_p_at_1(checkpoint_path: str | Path, corpus_path: str | Path, *, 
         out[lang] = float(((sim.argmax(1) == gold).mean() + (sim.argmax(0) == gold).mean()) / 2)
     out["all"] = float(np.mean(list(out.values()))) if out else float("nan")
     return out
+
+
+@dataclass(frozen=True)
+class CheckpointReport:
+    """A checkpoint reloaded from disk: does it embed to its dimension, finitely; its P@1."""
+
+    ok: bool
+    dim: int
+    translation_p1: dict
+
+
+def inspect_checkpoint(ckpt: ModelCheckpoint, corpus_path: str | Path | None, *, per_language: int = 200) -> CheckpointReport:
+    """Reload ``ckpt`` once: probe two sentences and (with a corpus) measure held-out P@1.
+
+    The figures are cached beside the checkpoint (``<folder>.report-<key>.json``), so a
+    reused checkpoint is not re-measured.
+    """
+    from .encoder import SentenceEncoder
+
+    key = _fingerprint(str(corpus_path), per_language)[:8]
+    cache = Path(ckpt.path).parent / f"{Path(ckpt.path).name}.report-{key}.json"
+    if cache.exists():
+        d = json.loads(cache.read_text())
+        return CheckpointReport(d["ok"], d["dim"], d["translation_p1"])
+    encoder = SentenceEncoder(ckpt.path)
+    vecs = encoder.encode(["In the beginning.", "Am Anfang."], prompt="query")
+    dim = int(vecs.shape[1])
+    ok = bool(np.isfinite(vecs).all()) and dim == read_pooling_spec(ckpt.path).dim
+    p1 = translation_p_at_1(encoder, corpus_path, per_language=per_language) if corpus_path else {}
+    write_json({"ok": ok, "dim": dim, "translation_p1": p1}, cache)
+    return CheckpointReport(ok, dim, p1)
 
 
 def loss_curve_plot(history: Sequence[dict], path: str | Path, title: str) -> Path | None:
@@ -249,11 +278,3 @@ def loss_curve_plot(history: Sequence[dict], path: str | Path, title: str) -> Pa
     ax.set_title(title)
     ax.legend(fontsize=8)
     return _save_png(fig, path)
-
-
-def probe(checkpoint: ModelCheckpoint) -> tuple[bool, int]:
-    """Reload a checkpoint and embed two sentences: (finite and right dimension, dimension)."""
-    from .student import probe_checkpoint
-
-    p = probe_checkpoint(checkpoint)
-    return p.ok and p.dim == read_pooling_spec(checkpoint.path).dim, p.dim

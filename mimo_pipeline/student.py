@@ -59,21 +59,3 @@ def export_checkpoint(model: ResolvedModel, models_dir: str | Path, name: str = 
                                  max_seq_length=spec.max_seq_length, prompts=prompts))
     return ModelCheckpoint(model=name, path=str(dest), fingerprint=model.fingerprint,
                            source_ref=model.ref, dim=spec.dim, prompts=dict(prompts))
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    ok: bool
-    dim: int
-    finite: bool
-
-
-def probe_checkpoint(ckpt: ModelCheckpoint, texts: tuple[str, ...] = ("In the beginning.", "Am Anfang.")) -> ProbeResult:
-    """Reload a checkpoint from disk and embed two sentences: the dimension and finiteness."""
-    import numpy as np
-
-    from .encoder import SentenceEncoder
-
-    vecs = SentenceEncoder(ckpt.path, device="cpu").encode(list(texts), prompt="query")
-    finite = bool(np.isfinite(vecs).all())
-    return ProbeResult(ok=finite and vecs.shape == (len(texts), ckpt.dim), dim=int(vecs.shape[1]), finite=finite)
