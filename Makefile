@@ -11,7 +11,7 @@ export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup run test ui clean
+.PHONY: setup run test ui clean mlflow-ui swap-teacher bench
 
 # Stamp files make setup idempotent: a second `make setup` does nothing.
 $(BIN)/python:
@@ -45,3 +45,10 @@ ui: setup
 
 clean:
 	rm -rf $(VENV) $(DAGSTER_HOME)
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MIMO_HOME)/mlflow.db --host 127.0.0.1 --port 5000
+
+# After changing MIMO_TEACHER: re-materialise teacher_embeddings and everything downstream.
+swap-teacher: setup
+	$(BIN)/dg launch --assets 'key:teacher_embeddings+'

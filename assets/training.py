@@ -58,6 +58,9 @@ class StageSettings(Config):
 
 class Stage1Settings(StageSettings):
     lr: float = Field(default=1e-4, description="Peak learning rate (paper: 1e-4).")
+    projection_init: str = Field(
+        default="lstsq", description="W's start: 'lstsq' (least squares on the frozen student; keeps short CPU runs "
+                                     "from collapsing the student) or 'random' (the paper, for full epochs).")
 
 
 def _stage_config(cfg: StageSettings, s, steps_default: int) -> StageConfig:
@@ -69,7 +72,8 @@ def _stage_config(cfg: StageSettings, s, steps_default: int) -> StageConfig:
                           max_length=cfg.max_length or sizes.max_length, seed=cfg.seed,
                           freeze_word_embeddings=cfg.freeze_word_embeddings,
                           checkpoint_every=sizes.checkpoint_every, log_every=max(1, steps // 20)),
-        distill=cfg.distill, lam=cfg.lam, alpha=cfg.alpha)
+        distill=cfg.distill, lam=cfg.lam, alpha=cfg.alpha,
+        projection_init=getattr(cfg, "projection_init", "random"))
 
 
 def _train_tracked(context, name, tracking: MlflowTracking, catalog: ModelCatalog, cfg: StageConfig, fn):

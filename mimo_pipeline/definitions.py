@@ -13,8 +13,8 @@ import os
 import sys
 import time
 
-from dagster import (AssetSelection, DagsterInstance, Definitions, define_asset_job,
-                     load_asset_checks_from_modules, load_assets_from_modules)
+from dagster import (AssetSelection, DagsterInstance, Definitions, define_asset_job, in_process_executor,
+                     load_asset_checks_from_modules, load_assets_from_modules, multiprocess_executor)
 
 from assets import data, evaluation, models, teacher, training
 from resources import ArtifactIOManager, MimoSettings, MlflowTracking, ModelCatalog, ResultsStore
@@ -23,16 +23,32 @@ _MODULES = [data, models, teacher, training, evaluation]
 
 settings = MimoSettings()
 
+#: Steps run one after another in one process by default: on a 2-core machine parallel
+#: steps only compete for the cores, and each extra process re-imports torch. Set
+#: MIMO_EXECUTOR=multiprocess (or configure the job in the launchpad) to run
+#: independent steps side by side on a bigger machine.
+EXECUTORS = {"in_process": in_process_executor, "multiprocess": multiprocess_executor}
+
+
+def _executor():
+    name = os.environ.get("MIMO_EXECUTOR", "in_process")
+    if name not in EXECUTORS:
+        raise ValueError(f"MIMO_EXECUTOR={name!r}: use one of {sorted(EXECUTORS)}")
+    return EXECUTORS[name]
+
+
 full_mimo = define_asset_job(
     "full_mimo",
     selection=AssetSelection.all(include_sources=True),
     description="The whole MIMO pipeline on the profile in MIMO_PROFILE (default: the embedded default).",
+    executor_def=_executor(),
 )
 
 defs = Definitions(
     assets=load_assets_from_modules(_MODULES),
     asset_checks=load_asset_checks_from_modules(_MODULES),
     jobs=[full_mimo],
+    executor=_executor(),  # also for the implicit asset job behind `dg launch --assets` and the UI
     resources={
         "settings": settings,
         "catalog": ModelCatalog(settings=settings),

@@ -113,6 +113,26 @@ class Projection(nn.Module):
                 if bias:
                     self.linear.bias.copy_(torch.empty_like(self.linear.bias).uniform_(-bound, bound, generator=g))
 
+    @torch.no_grad()
+    def fit_least_squares(self, student: Tensor, teacher: Tensor, ridge: float = 1e-3) -> "Projection":
+        """Set ``W`` (and ``b``) to the ridge least-squares map from ``student`` rows to ``teacher`` rows.
+
+        ``W = argmin ‖[S 1]·[W b]ᵀ − T‖² + ridge·‖W‖²`` in closed form. Starting from this
+        map instead of a random one, the first gradients into the student carry the
+        teacher's structure rather than the projection's noise.
+        """
+        s, t = student.double(), teacher.double()
+        if self.linear.bias is not None:
+            s = torch.cat([s, torch.ones(len(s), 1, dtype=s.dtype)], dim=1)
+        reg = ridge * torch.eye(s.shape[1], dtype=s.dtype)
+        if self.linear.bias is not None:
+            reg[-1, -1] = 0.0
+        sol = torch.linalg.solve(s.T @ s + reg, s.T @ t)  # [in(+1), out]
+        self.linear.weight.copy_(sol[:self.student_dim].T.to(self.linear.weight.dtype))
+        if self.linear.bias is not None:
+            self.linear.bias.copy_(sol[-1].to(self.linear.bias.dtype))
+        return self
+
     @property
     def student_dim(self) -> int:
         return self.linear.in_features

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 #: Bumped when the training code changes what a fingerprint's weights would be.
 TRAINING_CODE_VERSION = "1"
 BASELINES = ("infonce", "xlco", "lakda")
+PROJECTION_INITS = ("random", "lstsq")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class StageConfig:
     distill: str = "cosine"  # cosine | mse | l2
     lam: float = 0.2  # Stage 2: weight of the cross-lingual InfoNCE
     alpha: float = 0.5  # LaKDA: weight of the KL term
+    projection_init: str = "random"  # Stage 1's W: "random" (the paper) or "lstsq" (fitted to the frozen student)
+    projection_fit_rows: int = 1024
 
     def __post_init__(self):
         if self.distill not in DISTILL_KINDS:
@@ -60,6 +63,8 @@ class StageConfig:
             raise MimoInputError(f"{self.lam} is outside [0, 1]", source="lam")
         if not 0.0 <= self.alpha <= 1.0:
             raise MimoInputError(f"{self.alpha} is outside [0, 1]", source="alpha")
+        if self.projection_init not in PROJECTION_INITS:
+            raise MimoInputError(f"{self.projection_init!r}: use one of {PROJECTION_INITS}", source="projection_init")
 
 
 @dataclass(frozen=True)
@@ -140,8 +145,26 @@ def train_stage1(init: ModelCheckpoint, corpus_path: str | Path, teacher: Teache
         return DistillBatch([texts[r] for r in rows], en, np.stack([vec_of[e] for e in en]))
 
     projection = Projection(init.dim, teacher.dim, seed=t.seed)
+    dest_exists = (Path(models_dir) / "stage1" / fp / "modules.json").exists()
+    if cfg.projection_init == "lstsq" and not dest_exists:
+        _fit_projection(projection, init, texts, english, teacher, order[:cfg.projection_fit_rows], t.max_length)
     return _run("stage1", init, fp, models_dir, cfg, stage1_objective(projection, kind=cfg.distill), batch_at,
                 projection, on_log)
+
+
+def _fit_projection(projection: Projection, init: ModelCheckpoint, texts, english, teacher: TeacherEmbeddings,
+                    rows: np.ndarray, max_length: int) -> None:
+    """``W`` by least squares from the frozen student's vectors of both sides to the teacher's."""
+    import torch
+
+    from .encoder import SentenceEncoder
+
+    encoder = SentenceEncoder(init.path, max_seq_length=max_length)
+    en = [english[r] for r in rows]
+    s = np.concatenate([encoder.encode([texts[r] for r in rows]), encoder.encode(en)])
+    t = np.concatenate([teacher.vectors(en)] * 2)
+    projection.fit_least_squares(torch.from_numpy(s), torch.from_numpy(t))
+    log.info("stage1: projection fitted by least squares on %d rows", len(s))
 
 
 def _pairs_order(pairs_path: str | Path, cfg: StageConfig) -> tuple[list[dict], np.ndarray]:

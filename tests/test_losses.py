@@ -240,3 +240,13 @@ def test_losses_stay_float32_under_autocast():
     assert kl.item() == approx(math.tanh(0.5), rel=1e-5)
     row0, row1 = math.log1p(math.exp(20 * R2 - 20)), math.log1p(math.exp(-20 * R2))
     assert loss.item() == approx((row0 + row1) / 2, rel=1e-5)
+
+
+def test_projection_least_squares_recovers_an_exact_affine_map():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(64, 5, generator=g)
+    a, b = torch.randn(3, 5, generator=g), torch.randn(3, generator=g)
+    proj = Projection(5, 3).fit_least_squares(s, s @ a.T + b, ridge=0.0)
+    assert torch.allclose(proj.linear.weight, a, atol=1e-5)
+    assert torch.allclose(proj.linear.bias, b, atol=1e-5)
+    assert torch.allclose(proj(s), s @ a.T + b, atol=1e-4)
