@@ -6,8 +6,7 @@ from pydantic import Field
 
 from mimo_pipeline.corpus import CorpusResult
 from mimo_pipeline.pairs import PairsResult, build_retrieval_pairs_from_corpus
-from mimo_pipeline.stages import (BASELINES, StageConfig, TrainedModel, inspect_checkpoint, loss_curve_plot,
-                                  train_baseline, train_stage1, train_stage2)
+from mimo_pipeline.stages import BASELINES, StageConfig, TrainedModel, inspect_checkpoint, loss_curve_plot
 from mimo_pipeline.student import ModelCheckpoint
 from mimo_pipeline.teacher import TeacherEmbeddings
 from mimo_pipeline.training import TrainConfig
@@ -54,6 +53,8 @@ class StageSettings(Config):
     alpha: float = Field(default=0.5, description="α: weight of LaKDA's KL term.")
     freeze_word_embeddings: bool = Field(default=True, description="Freeze the word embeddings (CPU default).")
     translation_p1: bool = Field(default=True, description="Measure held-out en↔X translation P@1.")
+    world_size: int = Field(default=1, description="Processes for data-parallel training: >1 launches torchrun "
+                                                   "(gloo on CPU, nccl on GPU) through Dagster Pipes.")
 
 
 class Stage1Settings(StageSettings):
@@ -76,18 +77,52 @@ def _stage_config(cfg: StageSettings, s, steps_default: int) -> StageConfig:
         projection_init=getattr(cfg, "projection_init", "random"))
 
 
-def _train_tracked(context, name, tracking: MlflowTracking, catalog: ModelCatalog, cfg: StageConfig, fn):
-    """Run a training function inside an MLflow run named after the model and teacher."""
+def _train_tracked(context, name, tracking: MlflowTracking, catalog: ModelCatalog, cfg: StageConfig,
+                   function: str, args: tuple, world_size: int = 1):
+    """Run a `mimo_pipeline.stages` training function inside an MLflow run named after model and teacher.
+
+    ``world_size > 1`` runs it under torchrun in a subprocess (`assets.ddp_worker`),
+    launched with ``dagster.PipesSubprocessClient`` so its log lines reach Dagster.
+    """
+    from mimo_pipeline import stages
+
     teacher = catalog.resolve_teacher().name
-    params = {**cfg.train.result_settings(), "distill": cfg.distill, "lam": cfg.lam, "alpha": cfg.alpha}
+    params = {**cfg.train.result_settings(), "distill": cfg.distill, "lam": cfg.lam, "alpha": cfg.alpha,
+              "world_size": world_size}
     with tracking.tracker().run(f"{name} · {teacher}", dagster_run_id=context.run.run_id, params=params,
                                 tags={"model": name, "teacher": teacher}) as run:
-        trained = fn(lambda rec: run.log_metrics({k: v for k, v in rec.items() if k != "step"},
-                                                 step=int(rec["step"])))
+        if world_size > 1:
+            trained = _launch_distributed(context, function, args, world_size,
+                                          {"home": tracking.tracker().home, "run_id": run.run_id})
+        else:
+            trained = getattr(stages, function)(*args, on_log=lambda rec: run.log_metrics(
+                {k: v for k, v in rec.items() if k != "step"}, step=int(rec["step"])))
         run.log_metrics({**{f"final_{k}": v for k, v in trained.final_terms.items()},
                          "pairs_per_s": trained.pairs_per_s, "wall_s": trained.wall_s}, step=trained.steps)
         run.set_tag("checkpoint", trained.checkpoint.path)
         return trained, run.run_id
+
+
+def _launch_distributed(context, function: str, args: tuple, world_size: int, mlflow: dict) -> TrainedModel:
+    import os
+    import pickle
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from dagster import PipesSubprocessClient
+
+    with tempfile.TemporaryDirectory(prefix="mimo-ddp-") as tmp:
+        job_path, result_path = Path(tmp) / "job.pkl", Path(tmp) / "result.pkl"
+        job_path.write_bytes(pickle.dumps({"function": function, "args": args, "result": str(result_path),
+                                           "mlflow": mlflow}))
+        threads = max(1, int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)) // world_size)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
+                   "-m", "assets.ddp_worker", str(job_path)]
+        context.log.info(f"launching {function} on {world_size} processes: {' '.join(command)}")
+        PipesSubprocessClient().run(command=command, context=context,
+                                    env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        return pickle.loads(result_path.read_bytes())
 
 
 def _checks(asset_name, model=None):
@@ -148,10 +183,9 @@ def stage1_checkpoint(context: AssetExecutionContext, config: Stage1Settings, st
                       catalog: ModelCatalog, results: ResultsStore, tracking: MlflowTracking):
     s = settings.resolve()
     cfg = _stage_config(config, s, s.profile.training.stage1_steps)
-    trained, run_id = _train_tracked(
-        context, "stage1", tracking, catalog, cfg,
-        lambda on_log: train_stage1(student_base, parallel_corpus.path, teacher_embeddings, cfg, s.models_dir,
-                                    on_log=on_log))
+    trained, run_id = _train_tracked(context, "stage1", tracking, catalog, cfg, "train_stage1",
+                                     (student_base, parallel_corpus.path, teacher_embeddings, cfg, s.models_dir),
+                                     config.world_size)
     extra = {}
     if config.translation_p1:
         base = inspect_checkpoint(student_base, parallel_corpus.path, per_language=s.profile.translation_p1_pairs)
@@ -174,10 +208,9 @@ def stage2_checkpoint(context: AssetExecutionContext, config: StageSettings, sta
                       results: ResultsStore, tracking: MlflowTracking):
     s = settings.resolve()
     cfg = _stage_config(config, s, s.profile.training.stage2_steps)
-    trained, run_id = _train_tracked(
-        context, "mimo", tracking, catalog, cfg,
-        lambda on_log: train_stage2(stage1_checkpoint.checkpoint, stage1_checkpoint.projection_path,
-                                    retrieval_pairs.path, teacher_embeddings, cfg, s.models_dir, on_log=on_log))
+    trained, run_id = _train_tracked(context, "mimo", tracking, catalog, cfg, "train_stage2",
+                                     (stage1_checkpoint.checkpoint, stage1_checkpoint.projection_path,
+                                      retrieval_pairs.path, teacher_embeddings, cfg, s.models_dir), config.world_size)
     return _result(context, trained, "stage2_checkpoint", s, results, run_id, teacher_embeddings.teacher_ref,
                    stage1_checkpoint.checkpoint.source_ref, parallel_corpus, config.translation_p1)
 
@@ -197,10 +230,9 @@ def baseline_checkpoints(context: AssetExecutionContext, config: StageSettings, 
     cfg = _stage_config(config, s, s.profile.training.stage2_steps)
     out, metadata, checks = {}, {}, []
     for name in BASELINES:
-        trained, run_id = _train_tracked(
-            context, name, tracking, catalog, cfg,
-            lambda on_log, name=name: train_baseline(name, student_base, retrieval_pairs.path, cfg, s.models_dir,
-                                                     on_log=on_log))
+        trained, run_id = _train_tracked(context, name, tracking, catalog, cfg, "train_baseline",
+                                         (name, student_base, retrieval_pairs.path, cfg, s.models_dir),
+                                         config.world_size)
         res = _result(context, trained, "baseline_checkpoints", s, results, run_id, None, student_base.source_ref,
                       parallel_corpus, config.translation_p1, prefix=f"{name}/")
         out[name] = trained

@@ -34,7 +34,8 @@ from .pairs import read_pairs
 from .student import ModelCheckpoint
 from .teacher import TeacherEmbeddings
 from .training import (DistillBatch, LakdaBatch, PairBatch, TrainableEncoder, TrainConfig, infonce_objective,
-                       lakda_objective, mimo_objective, stage1_objective, train, xlco_objective)
+                       distributed_world, lakda_objective, mimo_objective, stage1_objective, train,
+                       xlco_objective)
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,11 @@ class StageConfig:
             raise MimoInputError(f"{self.distill!r} is not a distillation loss; use one of {DISTILL_KINDS}",
                                  source="distill")
         if not 0.0 <= self.lam <= 1.0:
-            raise MimoInputError(f"{self.lam} is outside [0, 1]", source="lam")
+            raise MimoInputError(f"{self.lam} is outside [0, 1]; set lam (the weight of the cross-lingual "
+                                 f"InfoNCE) to a number from 0 to 1, e.g. the paper's 0.2", source="lam")
         if not 0.0 <= self.alpha <= 1.0:
-            raise MimoInputError(f"{self.alpha} is outside [0, 1]", source="alpha")
+            raise MimoInputError(f"{self.alpha} is outside [0, 1]; set alpha (LaKDA's KL weight) to a number "
+                                 f"from 0 to 1, e.g. 0.5", source="alpha")
         if self.projection_init not in PROJECTION_INITS:
             raise MimoInputError(f"{self.projection_init!r}: use one of {PROJECTION_INITS}", source="projection_init")
 
@@ -114,13 +117,14 @@ def _run(name: str, init: ModelCheckpoint, fingerprint: str, models_dir: str | P
     log.info("%s: training %d steps of %d rows from %s", name, cfg.train.steps, cfg.train.batch_size, init.path)
     result = train(model, objective, batch_at, cfg.train, work,
                    extra_params=[projection] if projection is not None else [], on_log=on_log)
-    if projection is not None:
-        projection.save(proj_path)
-    model.save(dest)
     config = {"stage": asdict(cfg), "init": init.path, "fingerprint": fingerprint}
-    write_json({"steps": result.steps, "wall_s": result.wall_s, "pairs_per_s": result.pairs_per_s,
-                "final_terms": result.final_terms, "history": result.history, "config": config}, summary_path)
-    shutil.rmtree(work, ignore_errors=True)  # the checkpoint is complete: the resumable state is spent
+    if distributed_world()[0] == 0:  # with torch.distributed, rank 0 writes
+        if projection is not None:
+            projection.save(proj_path)
+        model.save(dest)
+        write_json({"steps": result.steps, "wall_s": result.wall_s, "pairs_per_s": result.pairs_per_s,
+                    "final_terms": result.final_terms, "history": result.history, "config": config}, summary_path)
+        shutil.rmtree(work, ignore_errors=True)  # the checkpoint is complete: the resumable state is spent
     return TrainedModel(ckpt, str(proj_path) if projection is not None else None, result.steps, result.wall_s,
                         result.pairs_per_s, result.final_terms, result.history, result.resumed_from_step, False,
                         config)
@@ -181,10 +185,7 @@ def train_stage2(init: ModelCheckpoint, init_projection: str | None, pairs_path:
     """Stage 2 (``mimo``): λ·cross-lingual InfoNCE + (1−λ)·distillation, from Stage 1 and its ``W``."""
     rows, order = _pairs_order(pairs_path, cfg)
     t = cfg.train
-    used = [rows[i] for i in order]
-    needed = list(dict.fromkeys([r["q_en"] for r in used] + [r["p_en"] for r in used]))
-    vec_of = dict(zip(needed, teacher.vectors(needed)))
-    if init_projection:
+    if init_projection:  # checked before any teacher vector is read or any model loaded
         projection = Projection.load(init_projection)
         if projection.teacher_dim != teacher.dim or projection.student_dim != init.dim:
             raise MimoInputError(
@@ -193,6 +194,9 @@ def train_stage2(init: ModelCheckpoint, init_projection: str | None, pairs_path:
                 source=init_projection)
     else:
         projection = Projection(init.dim, teacher.dim, seed=t.seed)
+    used = [rows[i] for i in order]
+    needed = list(dict.fromkeys([r["q_en"] for r in used] + [r["p_en"] for r in used]))
+    vec_of = dict(zip(needed, teacher.vectors(needed)))
     fp = _fingerprint("mimo", TRAINING_CODE_VERSION, init.fingerprint, teacher.fingerprint,
                       Path(pairs_path).parent.name, asdict(cfg))
 

@@ -518,6 +518,35 @@ def _lr_of(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
+def distributed_world() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_batch(batch: Any, rank: int, world: int) -> Any:
+    """Rank ``rank``'s contiguous share of a batch dataclass (every per-row field sliced).
+
+    With equal shares, the mean over ranks of each shard's mean loss is the global
+    batch's mean loss, so all-reduced gradients equal the one-process gradients for
+    per-row losses (distillation). In-batch negatives (InfoNCE) are the shard's own.
+    """
+    import dataclasses
+
+    n = len(batch)
+    if n % world:
+        raise MimoInputError(f"batch of {n} rows does not split evenly over {world} processes: use a multiple of "
+                             f"{world}", source="TrainConfig.batch_size")
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    changes = {f.name: getattr(batch, f.name)[lo:hi] for f in dataclasses.fields(batch)
+               if getattr(batch, f.name) is not None and hasattr(getattr(batch, f.name), "__len__")
+               and len(getattr(batch, f.name)) == n}
+    return dataclasses.replace(batch, **changes)
+
+
 def train(
     model: nn.Module,
     objective: Objective,
@@ -544,6 +573,9 @@ def train(
     from transformers import get_linear_schedule_with_warmup
 
     device = config.resolved_device()
+    rank, world = distributed_world()
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
     state_path = Path(work_dir) / STATE_DIR / STATE_FILE
     get_batch = _batch_source(batches)
     extras = list(extra_params)
@@ -570,6 +602,8 @@ def train(
     start, history, last_terms = 0, [], {}
     window: dict[str, float] = {}
     window_n = 0
+    for stale in state_path.parent.glob(f".{STATE_FILE}.*.tmp"):  # a state write cut short by a kill
+        stale.unlink(missing_ok=True)
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         _check_state(state, config, model_params, len(extras), state_path)
@@ -617,6 +651,8 @@ def train(
         terms: dict[str, float] = {}
         for k in range(config.grad_accum):
             batch = get_batch(step * config.grad_accum + k)
+            if world > 1:
+                batch = shard_batch(batch, rank, world)
             with autocast():
                 out = objective(model, batch)
             if not torch.isfinite(out.total.detach()).item():
@@ -625,9 +661,11 @@ def train(
             (out.total / config.grad_accum).backward()
             for key, v in out.terms.items():
                 terms[key] = terms.get(key, 0.0) + v / config.grad_accum
-            n = len(batch) if hasattr(batch, "__len__") else config.batch_size
+            n = (len(batch) if hasattr(batch, "__len__") else config.batch_size) * world
             pairs_window += n
             pairs_total += n
+        if world > 1:
+            terms = _all_reduce_mean(all_params, terms, world)
         if config.max_grad_norm is not None:
             terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(all_params, config.max_grad_norm))
         lr = _lr_of(optimizer)
@@ -646,7 +684,7 @@ def train(
                       **{key: v / window_n for key, v in window.items()}}
             history.append(record)
             window, window_n, t_window, pairs_window = {}, 0, now, 0
-        if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
+        if rank == 0 and ((config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps):
             _save_state(state_path, snapshot(done))
         if record is not None:
             log.info("step %d/%d %s lr=%.3g pairs/s=%.1f", done, config.steps,
@@ -655,6 +693,10 @@ def train(
             if on_log is not None:
                 on_log(dict(record))
 
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0's final state is on disk before anyone moves on
     model.eval()
     for e in extras:
         if isinstance(e, nn.Module):
@@ -662,6 +704,21 @@ def train(
     wall = time.perf_counter() - t0
     return TrainResult(steps=config.steps, wall_s=wall, pairs_per_s=pairs_total / max(wall, 1e-9),
                        history=history, final_terms=last_terms, resumed_from_step=start)
+
+
+def _all_reduce_mean(params: list[nn.Parameter], terms: dict[str, float], world: int) -> dict[str, float]:
+    """Average gradients and logged loss terms over the processes (what DDP's reducer does)."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world
+    keys = sorted(terms)
+    t = torch.tensor([terms[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / world for k, v in zip(keys, t)}
 
 
 def _check_state(state: dict[str, Any], config: TrainConfig, model_params, n_extras: int, path: Path) -> None:

@@ -1,6 +1,9 @@
 """Shared fixtures: a session MIMO_HOME where the packaged models are converted once."""
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,3 +26,74 @@ def repo_env() -> dict:
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["HF_HUB_OFFLINE"] = "1"
     return env
+
+
+def execute_full_mimo(env, log_path):
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.run(
+            [str(REPO / ".venv" / "bin" / "dagster"), "job", "execute", "-m", "mimo_pipeline.definitions",
+             "-j", "full_mimo"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1500)
+    return proc.returncode, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory, repo_env):
+    """Two CLI runs of full_mimo on the smoke profile against one MIMO_HOME and DAGSTER_HOME."""
+    root = tmp_path_factory.mktemp("e2e")
+    env = {**repo_env, "MIMO_HOME": str(root / "home"), "MIMO_PROFILE": "smoke",
+           "DAGSTER_HOME": str(root / "dagster_home")}
+    (root / "dagster_home").mkdir()
+    (root / "dagster_home" / "dagster.yaml").write_text("")
+    runs = [execute_full_mimo(env, root / f"run{i}.log") for i in (1, 2)]
+    for i, (rc, _) in enumerate(runs, 1):
+        if rc != 0:
+            sys.stderr.write((root / f"run{i}.log").read_text()[-6000:])
+        assert rc == 0, f"run {i} of full_mimo failed, log: {root / f'run{i}.log'}"
+    return {"root": root, "env": env, "home": root / "home", "seconds": [s for _, s in runs]}
+
+
+def instance_of(smoke):
+    from dagster import DagsterInstance
+
+    return DagsterInstance.from_config(str(smoke["env"]["DAGSTER_HOME"]))
+
+
+def materializations(instance, key):
+    from dagster import AssetKey, DagsterEventType, EventRecordsFilter
+
+    records = instance.get_event_records(
+        EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION, asset_key=AssetKey(key)), ascending=True)
+    return [r.event_log_entry.asset_materialization for r in records]
+
+
+def build_tiny_bert(d: Path, sentences, *, dropout: float = 0.1, seed: int = 0) -> Path:
+    """A sentence-transformers folder in ``d``: a tiny random BERT (32-d, 2 layers) with a
+    WordLevel tokenizer over the words of ``sentences`` and e5-style prompts."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from mimo_pipeline.checkpoint import PoolingSpec, write_sentence_transformers_files
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted({w for s in sentences for w in s.lower().split()} | {"query", "passage", ":"})
+    vocab = {t: i for i, t in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                   model_max_length=64)
+    fast.save_pretrained(d)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, pad_token_id=0,
+                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    BertModel(cfg).save_pretrained(d)
+    write_sentence_transformers_files(d, PoolingSpec(dim=32, mode="mean", max_seq_length=64,
+                                                     prompts={"query": "query: ", "document": "passage: "}))
+    return d

@@ -5,68 +5,26 @@ MIMO_HOME and DAGSTER_HOME: the first run builds everything, the second finds ev
 cache full (teacher cache: 0 misses; checkpoints: reused).
 """
 
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, instance_of, materializations
 
 pytestmark = pytest.mark.e2e
 
 MODELS = {"base_student", "stage1", "mimo", "infonce", "xlco", "lakda", "use_m", "teacher_en"}
 
 
-def _execute(env, log_path):
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.run(
-            [str(REPO / ".venv" / "bin" / "dagster"), "job", "execute", "-m", "mimo_pipeline.definitions",
-             "-j", "full_mimo"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1500)
-    return proc.returncode, time.perf_counter() - t0
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, repo_env):
-    root = tmp_path_factory.mktemp("e2e")
-    env = {**repo_env, "MIMO_HOME": str(root / "home"), "MIMO_PROFILE": "smoke",
-           "DAGSTER_HOME": str(root / "dagster_home")}
-    (root / "dagster_home").mkdir()
-    (root / "dagster_home" / "dagster.yaml").write_text("")
-    runs = [_execute(env, root / f"run{i}.log") for i in (1, 2)]
-    for i, (rc, _) in enumerate(runs, 1):
-        if rc != 0:
-            sys.stderr.write((root / f"run{i}.log").read_text()[-6000:])
-        assert rc == 0, f"run {i} of full_mimo failed, log: {root / f'run{i}.log'}"
-    return {"root": root, "env": env, "home": root / "home", "seconds": [s for _, s in runs]}
-
-
-def _instance(smoke):
-    from dagster import DagsterInstance
-
-    return DagsterInstance.from_config(str(smoke["env"]["DAGSTER_HOME"]))
-
-
-def _materializations(instance, key):
-    from dagster import AssetKey, DagsterEventType, EventRecordsFilter
-
-    records = instance.get_event_records(
-        EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION, asset_key=AssetKey(key)), ascending=True)
-    return [r.event_log_entry.asset_materialization for r in records]
-
-
 def test_second_run_encodes_nothing_and_trains_nothing(smoke):
-    instance = _instance(smoke)
-    first, second = _materializations(instance, "teacher_embeddings")[-2:]
+    instance = instance_of(smoke)
+    first, second = materializations(instance, "teacher_embeddings")[:2]
     assert first.metadata["misses"].value > 0
     assert second.metadata["misses"].value == 0
     assert second.metadata["hits"].value == first.metadata["texts"].value
     for key in ("stage1_checkpoint", "stage2_checkpoint"):
-        mats = _materializations(instance, key)
-        assert [m.metadata["reused"].value for m in mats[-2:]] == [False, True]
-        assert mats[-1].metadata["path"].value == mats[-2].metadata["path"].value
+        mats = materializations(instance, key)
+        assert [m.metadata["reused"].value for m in mats[:2]] == [False, True]
+        assert mats[1].metadata["path"].value == mats[0].metadata["path"].value
 
 
 def test_results_in_duckdb(smoke):
@@ -81,7 +39,7 @@ def test_results_in_duckdb(smoke):
     assert set(ev[ev.task == "mlir"].query_lang) == {"en", "de", "zh", "all"}
     ir = ev[~ev.metric.isin(["mrc@10"])]
     assert ir.value.between(0, 1).all() and ev[ev.metric == "mrc@10"].value.between(-100, 100).all()
-    assert ev.dagster_run_id.nunique() == 2  # both runs recorded, append-only
+    assert ev.dagster_run_id.nunique() >= 2  # both runs recorded, append-only
     au = db.query("SELECT * FROM au_metrics")
     assert {"alignment", "uniformity"} == set(au.metric) and np.isfinite(au.value).all()
 

@@ -30,6 +30,8 @@ from mimo_pipeline.training import (
     xlco_objective,
 )
 
+from tests.conftest import build_tiny_bert
+
 torch.set_num_threads(1)
 
 EN = ["in the beginning god created the heaven and the earth",
@@ -49,30 +51,7 @@ TEACHER_DIM = 16
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A sentence-transformers folder: tiny BERT, WordLevel tokenizer, e5-style prompts."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    d = tmp_path_factory.mktemp("tiny_bert")
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    words = sorted({w for s in EN + X + Y for w in s.split()} | {"query", "passage", ":"})
-    vocab = {t: i for i, t in enumerate(specials + words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                   model_max_length=64)
-    fast.save_pretrained(d)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
-    BertModel(cfg).save_pretrained(d)
-    write_sentence_transformers_files(d, PoolingSpec(dim=32, mode="mean", max_seq_length=64,
-                                                     prompts={"query": "query: ", "document": "passage: "}))
-    return d
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), EN + X + Y)
 
 
 def teacher_vecs(seed: int = 0, n: int = len(EN)) -> torch.Tensor:
