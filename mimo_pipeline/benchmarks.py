@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -40,6 +41,7 @@ from .fileio import atomic_dir
 log = logging.getLogger(__name__)
 
 TASKS = ("mlir", "monolingual", "translation")
+_INT_RE = re.compile(r" *-?[0-9]+ *")  # a qrels score (ASCII digits only: int("²") fails)
 
 
 @dataclass
@@ -182,8 +184,8 @@ def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
                     continue
                 try:
                     obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise MimoInputError(f"not valid JSON ({e.msg}); each line must be one JSON object",
+                except (ValueError, RecursionError) as e:  # JSONDecodeError, too many digits, too deep
+                    raise MimoInputError(f"not valid JSON ({getattr(e, 'msg', e)}); each line must be one JSON object",
                                          source=str(path), row=lineno) from None
                 if not isinstance(obj, dict):
                     raise MimoInputError("each line must be a JSON object", source=str(path), row=lineno)
@@ -214,7 +216,16 @@ def load_benchmark(folder: str | Path, *, name: str | None = None, task: str | N
         raise MimoInputError("not a folder; a benchmark folder holds corpus.jsonl, queries.jsonl and "
                              "qrels/test.tsv (BEIR) or qrels.jsonl (MIMO release)", source=str(folder))
     meta_path = folder / "benchmark.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = {}
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise MimoInputError(f"not valid JSON ({e}); fix it or delete it (it only names the benchmark "
+                                 f"and its task)", source=str(meta_path)) from None
+        if not isinstance(meta, dict):
+            raise MimoInputError("must be a JSON object such as {\"name\": ..., \"task\": \"mlir\"}; fix it or "
+                                 "delete it", source=str(meta_path))
     for required in ("corpus.jsonl", "queries.jsonl"):
         if not (folder / required).exists():
             raise MimoInputError(f"missing {required}", source=str(folder))
@@ -237,15 +248,21 @@ def load_benchmark(folder: str | Path, *, name: str | None = None, task: str | N
     qrels: dict[str, dict[str, int]] = {}
     tsv, jsonl = folder / "qrels" / "test.tsv", folder / "qrels.jsonl"
     if tsv.exists():
-        with open(tsv, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                parts = line.rstrip("\n").split("\t")
-                if lineno == 1 and not parts[-1].lstrip("-").isdigit():
-                    continue  # header
-                if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
-                    raise MimoInputError("expected 'query-id<TAB>corpus-id<TAB>integer score'",
-                                         source=str(tsv), row=lineno)
-                qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+        try:
+            lines = tsv.read_bytes().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        except UnicodeDecodeError as e:
+            raise MimoInputError(f"not UTF-8 text (byte {e.start}); re-save the file as UTF-8",
+                                 source=str(tsv)) from None
+        if lines[-1] == "":
+            lines.pop()  # the file's final newline
+        for lineno, line in enumerate(lines, 1):
+            parts = line.split("\t")
+            if lineno == 1 and not _INT_RE.fullmatch(parts[-1]):
+                continue  # header
+            if len(parts) != 3 or not _INT_RE.fullmatch(parts[2]):
+                raise MimoInputError(f"expected 'query-id<TAB>corpus-id<TAB>integer score', got {line[:80]!r}",
+                                     source=str(tsv), row=lineno)
+            qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
         qrels_src = tsv
     elif jsonl.exists():
         for lineno, obj in _read_jsonl(jsonl):
@@ -253,14 +270,20 @@ def load_benchmark(folder: str | Path, *, name: str | None = None, task: str | N
                 if not isinstance(rel, dict):
                     raise MimoInputError(f"query {qid!r} must map to {{doc_id: relevance}}", source=str(jsonl),
                                          row=lineno)
-                qrels.setdefault(str(qid), {}).update({str(d): int(s) for d, s in rel.items()})
+                for d, s in rel.items():
+                    try:
+                        qrels.setdefault(str(qid), {})[str(d)] = int(s)
+                    except (TypeError, ValueError, OverflowError):
+                        raise MimoInputError(f"query {qid!r}: relevance of document {d!r} is {s!r}, not an "
+                                             f"integer; use 0, 1, 2...", source=str(jsonl), row=lineno) from None
         qrels_src = jsonl
     else:
         raise MimoInputError("missing qrels/test.tsv (BEIR) or qrels.jsonl (MIMO release)", source=str(folder))
 
     for qid, rel in qrels.items():
         if qid not in queries:
-            raise MimoInputError(f"qrels name query {qid!r}, which is not in queries.jsonl", source=str(qrels_src))
+            raise MimoInputError(f"qrels name query {qid!r}, which is not in queries.jsonl; add the query or "
+                                 f"drop its qrels", source=str(qrels_src))
         missing = [d for d in rel if d not in corpus]
         if missing:
             raise MimoInputError(f"qrels of query {qid!r} point to {len(missing)} document(s) missing from "

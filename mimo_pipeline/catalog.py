@@ -196,7 +196,8 @@ def resolve_model(ref: str, home: str | Path, *, use_hub: bool | None = None) ->
     """
     if not ref or not str(ref).strip():
         raise ModelNotFoundError(f"empty model reference; use a catalog name "
-                                 f"({', '.join(catalog_names())}), an HF id or a local path")
+                                 f"({', '.join(catalog_names())}), an HF id or a local path",
+                                 source="model reference")
     ref = str(ref).strip()
     home = Path(home)
     if use_hub is None:

@@ -382,11 +382,12 @@ def _read_tsv(p: Path) -> tuple[list[str], list[tuple[int, dict]]]:
 def _read_parquet(p: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     try:
         table = pq.read_table(p)
-    except (pa.ArrowException, OSError) as e:
+        names, cols = table.column_names, table.to_pydict()  # decoding fails on corrupt (non-UTF-8) strings
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
         raise MimoInputError(f"not a readable Parquet file ({e}); write it with "
                              f"pandas.DataFrame.to_parquet or pyarrow.parquet.write_table",
                              source=str(p)) from None
-    return _records_from_columns(str(p), table.column_names, table.to_pydict())
+    return _records_from_columns(str(p), names, cols)
 
 
 def _records_from_columns(source: str, names: Sequence[str], cols: Mapping[str, list],
