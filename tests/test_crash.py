@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import build_tiny_bert
+
 REPO = Path(__file__).resolve().parents[1]
 
 EN = ["in the beginning god created the heaven and the earth",
@@ -42,32 +44,9 @@ STEPS, CHECKPOINT_EVERY = 30, 2
 
 def tiny_model_dir(d: Path) -> Path:
     """A sentence-transformers folder: random 2-layer 32-d BERT, WordLevel tokenizer, e5 prompts."""
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    from mimo_pipeline.checkpoint import PoolingSpec, write_sentence_transformers_files
-
     d = Path(d)
     d.mkdir(parents=True, exist_ok=True)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    words = sorted({w for s in EN + X for w in s.split()} | {"query", "passage", ":"})
-    vocab = {t: i for i, t in enumerate(specials + words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                            sep_token="[SEP]", mask_token="[MASK]", model_max_length=64).save_pretrained(d)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
-    BertModel(cfg).save_pretrained(d)
-    write_sentence_transformers_files(d, PoolingSpec(dim=32, mode="mean", max_seq_length=64,
-                                                     prompts={"query": "query: ", "document": "passage: "}))
-    return d
+    return build_tiny_bert(d, EN + X)
 
 
 @pytest.fixture(scope="module")
