@@ -175,8 +175,8 @@ def _pairs_order(pairs_path: str | Path, cfg: StageConfig) -> tuple[list[dict], 
     rows = read_pairs(pairs_path)
     t = cfg.train
     if t.batch_size > len(rows):
-        raise MimoInputError(f"batch size {t.batch_size} exceeds the {len(rows)} retrieval pairs; lower it",
-                             source="batch_size")
+        raise MimoInputError(f"batch size {t.batch_size} exceeds the {len(rows)} retrieval pairs in {pairs_path}; "
+                             f"lower batch_size to at most {len(rows)} or build more pairs", source="batch_size")
     return rows, _order(len(rows), t.steps * t.grad_accum * t.batch_size, t.seed)
 
 
