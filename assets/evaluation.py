@@ -70,8 +70,7 @@ def mlir_eval(context: AssetExecutionContext, config: MlirEvalConfig, mlir_bench
               student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints, settings: MimoSettings,
               catalog: ModelCatalog, results: ResultsStore, tracking: MlflowTracking):
     s = settings.resolve()
-    models, only = evaluation_models(student_base, stage1_checkpoint.checkpoint, stage2_checkpoint.checkpoint,
-                                     {n: t.checkpoint for n, t in baseline_checkpoints.items()},
+    models, only = evaluation_models(student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints,
                                      catalog.resolve_teacher(), batch_size=config.batch_size)
     result = evaluate_models(models, mlir_benchmarks, s.home / "embed_cache",
                              EvalConfig(k=config.k, index=config.index, batch_size=config.batch_size), only=only)
@@ -110,8 +109,7 @@ def au_analysis(context: AssetExecutionContext, mlir_benchmarks: BenchmarkSet, m
                 student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints, settings: MimoSettings,
                 catalog: ModelCatalog, results: ResultsStore, tracking: MlflowTracking):
     s = settings.resolve()
-    models, _ = evaluation_models(student_base, stage1_checkpoint.checkpoint, stage2_checkpoint.checkpoint,
-                                  {n: t.checkpoint for n, t in baseline_checkpoints.items()}, None)
+    models, _ = evaluation_models(student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints, None)
     result = alignment_uniformity(models, mlir_benchmarks.load("mlir"), s.home / "embed_cache", s.home / "plots",
                                   mlir_eval)
     run_id = context.run.run_id

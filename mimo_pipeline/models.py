@@ -6,6 +6,7 @@ from typing import Mapping
 
 from .catalog import ResolvedModel
 from .evaluation import CheckpointEmbedder, Embedder, UseEmbedder
+from .stages import TrainedModel
 from .student import ModelCheckpoint
 
 #: The reference teacher sees English only: it is evaluated on the English pool.
@@ -14,9 +15,9 @@ TEACHER_BENCHMARKS = ("monolingual-en",)
 
 def evaluation_models(
     student_base: ModelCheckpoint,
-    stage1: ModelCheckpoint,
-    mimo: ModelCheckpoint,
-    baselines: Mapping[str, ModelCheckpoint],
+    stage1: TrainedModel,
+    mimo: TrainedModel,
+    baselines: Mapping[str, TrainedModel],
     teacher: ResolvedModel | None,
     *,
     batch_size: int = 64,
@@ -26,7 +27,8 @@ def evaluation_models(
     Names: base_student, stage1, mimo, infonce, xlco, lakda, use_m, and teacher_en when
     a teacher is given (limited to the English monolingual benchmark).
     """
-    ckpts = {"base_student": student_base, "stage1": stage1, "mimo": mimo, **dict(baselines)}
+    ckpts = {"base_student": student_base, "stage1": stage1.checkpoint, "mimo": mimo.checkpoint,
+             **{name: t.checkpoint for name, t in baselines.items()}}
     models: dict[str, Embedder] = {
         name: CheckpointEmbedder(name, c.path, c.fingerprint, batch_size=batch_size) for name, c in ckpts.items()}
     models["use_m"] = UseEmbedder()

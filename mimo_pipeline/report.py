@@ -13,8 +13,6 @@ from pathlib import Path
 from .settings import Settings
 from .storage import ResultsDB
 
-#: The headline comparison: rows = models, columns = benchmark task x metric (query_lang = all).
-HEADLINE_METRICS = ("ndcg@10", "recall@100", "mrc@10", "peer@100")
 MODEL_ORDER = ("base_student", "stage1", "mimo", "infonce", "xlco", "lakda", "use_m", "teacher_en")
 
 
@@ -30,32 +28,20 @@ def markdown_table(header, rows) -> str:
     return "\n".join(lines)
 
 
-def results_table(db: ResultsDB, dagster_run_id: str | None = None, *, bold_best: bool = True) -> str:
-    """Models x (task, metric) for query_lang = 'all' (mean over benchmarks of a task), markdown."""
-    where = "query_lang = 'all'" + (" AND dagster_run_id = ?" if dagster_run_id else "")
-    df = db.query(f"""
-        SELECT model, task, metric, avg(value) AS value FROM eval_metrics
-        WHERE {where} AND metric IN ({', '.join('?' * len(HEADLINE_METRICS))})
-        GROUP BY model, task, metric""", ([dagster_run_id] if dagster_run_id else []) + list(HEADLINE_METRICS))
+def results_table(db: ResultsDB, dagster_run_id: str | None = None) -> str:
+    """`evaluation.comparison_table` of a run's rows in DuckDB (the latest run's by default), markdown."""
+    from .evaluation import EvalResult, comparison_table
+
+    run = dagster_run_id or next(iter(db.query(
+        "SELECT dagster_run_id FROM eval_metrics ORDER BY created_at DESC LIMIT 1").dagster_run_id), None)
+    df = db.query("SELECT model, benchmark, task, query_lang, metric, value FROM eval_metrics "
+                  "WHERE dagster_run_id = ?", [run])
     if df.empty:
         return "(no evaluation results yet)"
-    cols = [(t, m) for t in ("mlir", "monolingual", "translation") for m in HEADLINE_METRICS
-            if ((df.task == t) & (df.metric == m)).any()]
-    models = [m for m in MODEL_ORDER if m in set(df.model)] + sorted(set(df.model) - set(MODEL_ORDER))
-    value = {(r.model, r.task, r.metric): r.value for r in df.itertuples()}
-    best = {c: max((value.get((m, *c)) for m in models if m != "teacher_en" and (m, *c) in value), default=None)
-            for c in cols}
-    rows = []
-    for m in models:
-        row = [m]
-        for c in cols:
-            v = value.get((m, *c))
-            cell = "" if v is None else f"{v:.4f}"
-            if bold_best and v is not None and v == best[c] and m != "teacher_en":
-                cell = f"**{cell}**"
-            row.append(cell)
-        rows.append(row)
-    return markdown_table(["model", *[f"{t} {m}" for t, m in cols]], rows)
+    present = set(df.model)
+    models = tuple(m for m in MODEL_ORDER if m in present) + tuple(sorted(present - set(MODEL_ORDER)))
+    header, rows = comparison_table(EvalResult(tuple(df.to_dict("records")), (), models, 0.0))
+    return markdown_table(header, rows)
 
 
 def print_summary(settings: Settings, dagster_run_id: str | None = None) -> None:

@@ -26,17 +26,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import build_tiny_bert
+from tests.test_training import EN
 
 REPO = Path(__file__).resolve().parents[1]
 
-EN = ["in the beginning god created the heaven and the earth",
-      "and the earth was without form and void",
-      "and god said let there be light",
-      "and god saw the light that it was good",
-      "and god called the light day",
-      "and the darkness he called night",
-      "and the evening and the morning were the first day",
-      "and god made the firmament"]
 X = [" ".join(f"{w}_x" for w in s.split()) for s in EN]
 TEACHER_DIM = 16
 STEPS, CHECKPOINT_EVERY = 30, 2
