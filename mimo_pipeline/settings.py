@@ -28,8 +28,8 @@ class TrainingSizes:
     asset configs' defaults for everything else (lr 1e-4 / 2e-5, λ 0.2, warmup 0.1);
     a GPU run at paper scale raises these: 1 epoch, batch 128 (Stage 1) and 2048 (Stage 2)."""
 
-    stage1_steps: int = 60
-    stage2_steps: int = 30
+    stage1_steps: int = 40
+    stage2_steps: int = 20
     batch_size: int = 32
     max_length: int = 64
     checkpoint_every: int = 10
@@ -56,7 +56,7 @@ PROFILES: dict[str, Profile] = {
     "default": Profile(
         name="default",
         corpus=CorpusConfig(max_train_verses=4000),
-        benchmarks=BenchmarkConfig(query_verses=100, pool_verses=400, translation_queries=50),
+        benchmarks=BenchmarkConfig(query_verses=80, pool_verses=300, translation_queries=40),
     ),
     # The whole graph in about two minutes on 2 CPU cores.
     "smoke": Profile(
