@@ -29,6 +29,22 @@ from .fileio import dir_size, write_json, write_parquet
 log = logging.getLogger(__name__)
 
 
+#: Keys of each shard read so far, by (path, size, mtime_ns). Shards are immutable
+#: (content-named, written atomically), so a process reads each one's keys once however
+#: many `EmbeddingCache` handles open the folder (a build, its check, then `vectors`).
+_SHARD_KEYS: dict[tuple[str, int, int], list[str]] = {}
+
+
+def _shard_keys(shard: Path) -> list[str]:
+    st = shard.stat()
+    memo = (str(shard), st.st_size, st.st_mtime_ns)
+    keys = _SHARD_KEYS.get(memo)
+    if keys is None:
+        keys = pq.read_table(shard, columns=["text_hash"]).column(0).to_pylist()
+        _SHARD_KEYS[memo] = keys
+    return keys
+
+
 def text_key(text: str) -> str:
     """The cache key of a text: hex BLAKE2b-128 of its UTF-8 bytes."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
@@ -59,8 +75,7 @@ class EmbeddingCache:
         if self._index is None:
             index: dict[str, tuple[Path, int]] = {}
             for shard in self.shards():
-                keys = pq.read_table(shard, columns=["text_hash"]).column(0).to_pylist()
-                for row, k in enumerate(keys):
+                for row, k in enumerate(_shard_keys(shard)):
                     index.setdefault(k, (shard, row))
             self._index = index
         return self._index
@@ -105,6 +120,8 @@ class EmbeddingCache:
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.dim),
         })
         shard = write_parquet(table, self.dir / f"part-{name}.parquet")
+        st = shard.stat()
+        _SHARD_KEYS[(str(shard), st.st_size, st.st_mtime_ns)] = list(keys)
         index = self._load_index()
         for row, k in enumerate(keys):
             index.setdefault(k, (shard, row))

@@ -2,8 +2,13 @@
 
 `SentenceEncoder` reads the pooling, normalisation, max length and prompts of a
 sentence-transformers folder (see `checkpoint.read_pooling_spec`) and encodes in
-length-sorted batches with dynamic padding under `torch.inference_mode`, which is what
-makes it faster than padding every batch to the longest sentence of the input.
+batches sorted by *token* count with dynamic padding under `torch.inference_mode`.
+Sorting by tokens rather than characters (what sentence-transformers does) packs
+sentences of equal padded width together: on 2,000 English verses with batch 64 the
+padded tokens drop from 88.8k to 71.5k for 68.7k real ones (`make bench`,
+``teacher_encode_cold``). The lengths come from one tokenizer call over all texts; each
+batch is then tokenised again, padded, exactly as before, so a sentence's vector does
+not depend on how it was batched beyond float rounding.
 """
 
 from __future__ import annotations
@@ -74,8 +79,7 @@ class SentenceEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not len(texts):
             return out
-        # Sort by length so each batch pads to similar lengths (dynamic padding).
-        order = np.argsort([-len(t) for t in texts], kind="stable")
+        order = self.length_order([prefix + t for t in texts])
         done = 0
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
@@ -94,6 +98,12 @@ class SentenceEncoder:
             if progress is not None:
                 progress(done, len(texts))
         return out
+
+    def length_order(self, texts: Sequence[str]) -> np.ndarray:
+        """Indices of ``texts`` by descending token count (after truncation), ties in input order."""
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return np.argsort([-len(x) for x in ids], kind="stable")
 
 
 class ProgressLog:

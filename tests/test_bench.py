@@ -1,0 +1,168 @@
+"""`make bench` plumbing at tiny sizes: rows and ratios in DuckDB, the turn-taking runner,
+the exact-search peer, and the encoder's length-sorted batching against one-by-one encoding."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from bench.common import BENCHES, Row, format_table
+from bench.interleave import Baton
+from bench.run import main as bench_main
+from bench.search_bench import numpy_topk, random_unit, recall_at_k
+from mimo_pipeline.checkpoint import PoolingSpec, write_sentence_transformers_files
+from mimo_pipeline.encoder import SentenceEncoder
+from mimo_pipeline.storage import ResultsDB
+
+
+def test_search_bench_writes_rows_with_ratio_ours_over_peer(tmp_path):
+    home = tmp_path / "home"
+    rc = bench_main(["--only", "search", "--home", str(home), "--queries", "20", "--docs", "400", "--dim", "16",
+                     "--k", "10", "--ann-docs", "300", "--probe-seconds", "0.05"])
+    assert rc == 0
+    df = ResultsDB(home / "mimo.duckdb").query("SELECT * FROM bench_results ORDER BY metric")
+    assert set(df["bench"]) == {"search"} and set(df["bench"]) <= set(BENCHES)
+    assert {"queries_per_s", "recall@10_ivf", "recall@10_hnsw", "queries_per_s_ivf",
+            "queries_per_s_hnsw"} == set(df["metric"])
+    assert (df["ours"] > 0).all() and (df["peer"] > 0).all() and df["created_at"].notna().all()
+    np.testing.assert_allclose(df["ratio"], df["ours"] / df["peer"], rtol=1e-12)
+    recall = df.set_index("metric").loc[["recall@10_ivf", "recall@10_hnsw"]]
+    assert ((recall["ours"] > 0) & (recall["ours"] <= 1) & (recall["peer"] == 1.0)).all()
+    details = json.loads((home / "bench" / "latest.json").read_text())
+    assert details["search"]["flat_recall_vs_numpy"] == 1.0
+
+
+def test_row_ratio_and_table():
+    rows = [Row("search", "queries_per_s", 300.0, 200.0, "numpy"), Row("search", "x", 1.0, 0.0)]
+    assert rows[0].ratio == 1.5 and rows[0].record()["ratio"] == 1.5
+    assert np.isnan(rows[1].ratio)
+    table = format_table(rows)
+    assert "1.50" in table and "queries_per_s" in table and "numpy" in table
+
+
+def test_numpy_topk_is_exact_and_sorted():
+    rng = np.random.default_rng(1)
+    q, d = random_unit(7, 8, rng), random_unit(50, 8, rng)
+    scores, ids = numpy_topk(q, d, 5, chunk=3)
+    sim = q @ d.T
+    np.testing.assert_array_equal(ids, np.argsort(-sim, axis=1, kind="stable")[:, :5])
+    np.testing.assert_allclose(scores, np.take_along_axis(sim, ids, axis=1), rtol=1e-5)
+    assert recall_at_k(ids, ids) == 1.0
+    _, all_ids = numpy_topk(q, d[:3], 5)  # k beyond the pool: every document, sorted
+    assert all_ids.shape == (7, 3)
+
+
+def test_baton_takes_turns_and_counts_only_own_time():
+    baton = Baton(["a", "b"])
+    trace: list[str] = []
+    active = threading.Lock()
+
+    def worker(name, turns):
+        def run():
+            for _ in range(turns):
+                assert active.acquire(blocking=False), "two workers ran at once"
+                trace.append(name)
+                active.release()
+                baton.switch()
+            return name
+        return run
+
+    out = baton.run({"a": worker("a", 3), "b": worker("b", 2)})
+    assert out == {"a": "a", "b": "b"}
+    assert trace == ["a", "b", "a", "b", "a"]
+    assert len(baton.segments["a"]) == 4 and len(baton.segments["b"]) == 3
+    baton.switch()  # outside run: a no-op
+
+
+def test_baton_reraises_a_worker_error():
+    baton = Baton(["a", "b"])
+
+    def boom():
+        raise ValueError("nope")
+
+    with pytest.raises(RuntimeError, match="'a' failed: nope"):
+        baton.run({"a": boom, "b": lambda: baton.switch()})
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A random 2-layer BERT with a word-level tokenizer, as a sentence-transformers folder."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny_bench_bert")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = [f"w{i}" for i in range(40)] + ["query:"]
+    vocab = {t: i for i, t in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]", model_max_length=24).save_pretrained(d)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=32, pad_token_id=0)).save_pretrained(d)
+    write_sentence_transformers_files(d, PoolingSpec(dim=32, mode="mean", max_seq_length=24,
+                                                     prompts={"query": "query: "}))
+    return d
+
+
+def _texts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    # Few characters can mean many tokens and the reverse ("w1" vs "w39"): char and token orders differ.
+    return [" ".join(f"w{rng.integers(0, 40)}" for _ in range(rng.integers(1, 30))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tiny_model):
+    return SentenceEncoder(tiny_model, device="cpu")
+
+
+def test_length_sorted_batches_equal_one_by_one_encoding(tiny_encoder):
+    enc = tiny_encoder
+    texts = _texts(23)
+    for prompt, normalize in ((None, None), ("query", True)):
+        fast = enc.encode(texts, batch_size=5, prompt=prompt, normalize=normalize)
+        plain = np.concatenate([enc.encode([t], batch_size=1, prompt=prompt, normalize=normalize) for t in texts])
+        assert fast.shape == (23, 32) and fast.dtype == np.float32
+        np.testing.assert_allclose(fast, plain, atol=1e-5, rtol=0)
+        # the reference by hand: tokenizer + model + masked mean, one sentence at a time
+        prefix = "query: " if prompt else ""
+        with torch.no_grad():
+            for i in (0, 7, 22):
+                b = enc.tokenizer([prefix + texts[i]], truncation=True, max_length=24, return_tensors="pt")
+                v = enc.model(**b).last_hidden_state[0].mean(0)
+                if normalize:
+                    v = torch.nn.functional.normalize(v, dim=0)
+                np.testing.assert_allclose(fast[i], v.numpy(), atol=1e-5, rtol=0)
+
+
+def test_length_order_sorts_by_tokens_not_characters(tiny_encoder):
+    enc = tiny_encoder
+    texts = ["w39 w39", "w1 w1 w1", "w2", "w3 w3 w3"]  # chars: 7, 8, 2, 8; tokens: 4, 5, 3, 5
+    assert enc.length_order(texts).tolist() == [1, 3, 0, 2]
+    long = " ".join(["w1"] * 60)  # truncated to max_seq_length: ties with another long text keep input order
+    assert enc.length_order(["w1", long, long + " w2"]).tolist() == [1, 2, 0]
+
+
+def test_encoders_take_turns_at_every_forward_pass(tiny_model, tiny_encoder):
+    """The hook must fire for sentence-transformers too (it calls the HF model's forward directly)."""
+    from sentence_transformers import SentenceTransformer
+
+    from bench.interleave import SwitchOnForward, is_text_embeddings
+
+    peer = SentenceTransformer(str(tiny_model), device="cpu")
+    texts = _texts(12, seed=3)
+    baton = Baton(["ours", "peer"])
+    with SwitchOnForward(baton, is_text_embeddings) as switches:
+        out = baton.run({"ours": lambda: tiny_encoder.encode(texts, batch_size=4),
+                         "peer": lambda: peer.encode(texts, batch_size=4, convert_to_numpy=True)})
+    assert switches.count == 6  # three batches a side
+    assert len(baton.segments["ours"]) == 4 and len(baton.segments["peer"]) == 4
+    np.testing.assert_allclose(out["ours"], out["peer"], atol=1e-5, rtol=0)
