@@ -14,7 +14,7 @@ sentence, in input order (they must agree; the max |diff| is in the details).
 
 Same process, torch threads, batch size and max length (the teacher folder's). The two
 sides run in threads that take turns at every forward pass of the BERT model (a hook
-on its embeddings block, `interleave.Baton`), so background load on the shared cores
+on its embeddings block, `interleave.Baton`, in ABBA order), so background load on the shared cores
 hits both alike; each side's time is the sum of its own turns. Ours sorts by token
 count, theirs by characters: on the default 2,000 verses that is 71.5k against 88.8k
 padded tokens for 68.7k real ones.
@@ -65,7 +65,7 @@ def run_encode(texts: list[str], teacher: ResolvedModel, *, batch_size: int = 64
             model = SentenceTransformer(str(teacher.path), device="cpu")
             return model, model.encode(texts, batch_size=batch_size, convert_to_numpy=True)
 
-        cold = Baton(["ours", "peer"])
+        cold = Baton(["ours", "peer"], alternate=True)
         with SwitchOnForward(cold, is_text_embeddings) as cold_switches:
             out = cold.run({"ours": lambda: _ours(texts, teacher, tmp / "cache", batch_size), "peer": peer_cold})
         if n > batch_size and min(len(cold.segments[k]) for k in cold.names) < 2:
@@ -75,7 +75,7 @@ def run_encode(texts: list[str], teacher: ResolvedModel, *, batch_size: int = 64
         log(f"teacher cold: ours {n / cold.total('ours'):.1f}/s, sentence-transformers "
             f"{n / cold.total('peer'):.1f}/s")
 
-        warm = Baton(["ours", "peer"])
+        warm = Baton(["ours", "peer"], alternate=True)
         with SwitchOnForward(warm, is_text_embeddings):
             out = warm.run({
                 "ours": lambda: _ours(texts, teacher, tmp / "cache", batch_size),

@@ -18,12 +18,21 @@ import torch
 
 
 class Baton:
-    """Two or more named workers in threads; only the holder of the turn runs."""
+    """Two or more named workers in threads; only the holder of the turn runs.
 
-    def __init__(self, names: list[str]):
+    Turns go round in cycles. With ``alternate``, every other cycle swaps the first two
+    workers (ours, peer | peer, ours | ours, peer ...: an ABBA order), so neither side
+    always runs right after the same neighbour; a worker whose turn comes twice in a
+    row just carries on (its time is still split into two segments).
+    """
+
+    def __init__(self, names: list[str], *, alternate: bool = False):
         self.names = list(names)
+        self.alternate = alternate
         self._cv = threading.Condition()
         self._turn = self.names[0]
+        self._queue = self.names[1:]
+        self._cycle = 0
         self._done: set[str] = set()
         self._since: dict[str, float] = {}
         self._local = threading.local()
@@ -34,15 +43,26 @@ class Baton:
             self._cv.wait_for(lambda: self._turn == name)
         self._since[name] = time.perf_counter()
 
+    def _next(self, current: str) -> str:
+        if all(n in self._done for n in self.names):
+            return current
+        while True:
+            if not self._queue:
+                self._cycle += 1
+                order = list(self.names)
+                if self.alternate and self._cycle % 2:
+                    order[:2] = order[1::-1]
+                self._queue = order
+            name = self._queue.pop(0)
+            if name not in self._done:
+                return name
+
     def _release(self, name: str, finished: bool = False) -> None:
         self.segments[name].append(time.perf_counter() - self._since[name])
         with self._cv:
             if finished:
                 self._done.add(name)
-            i = self.names.index(name)
-            order = self.names[i + 1:] + self.names[:i]
-            waiting = [n for n in order if n not in self._done]
-            self._turn = waiting[0] if waiting else name
+            self._turn = self._next(name)
             self._cv.notify_all()
 
     def current(self) -> str | None:

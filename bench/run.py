@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="MIMO_HOME (default: $MIMO_HOME or <repo>/data)")
     p.add_argument("--sentences", type=int, default=2000, help="teacher encoding: English verses")
     p.add_argument("--encode-batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=8, help="Stage-1 training steps per side")
+    p.add_argument("--steps", type=int, default=10, help="Stage-1 training steps per side")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--count-flops", action="store_true", help="also count one step's FLOPs with FlopCounterMode")

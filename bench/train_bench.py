@@ -29,8 +29,9 @@ The apples-to-apples setup (both sides in this process, same threads):
   Ours writes its resumable state once, at the end; theirs saves nothing.
 
 Timing: both sides run in this process in two threads that take turns (`interleave.Baton`):
-ours does a step, then theirs, then ours, ..., so background load on the shared cores
-hits both alike, and each side's time is the sum of its own turns. ``pairs_per_s`` is
+a step of ours, one of theirs, a matmul window, a step of theirs, one of ours, a
+window, ... (ABBA), so background load on the shared cores hits both alike, and each
+side's time is the sum of its own turns. ``pairs_per_s`` is
 the steady state, rows per second over steps 2..N-1 (one step = batch, tokenise,
 forward, backward, clip, optimiser and scheduler step; step 1 carries the model load
 and one-off allocations, step N ours' state write); ``pairs_per_s_end_to_end`` is rows
@@ -198,7 +199,7 @@ def first_batch_losses(student: ResolvedModel, batch: DistillBatch, proj_init: P
     return {"ours": ours, "peer": peer, "flop_counter_step": counted, "n_params": n_params, "tokens": tokens}
 
 
-def run_train(student: ResolvedModel, teacher: TeacherEmbeddings, english: list[str], *, steps: int = 8,
+def run_train(student: ResolvedModel, teacher: TeacherEmbeddings, english: list[str], *, steps: int = 10,
               batch: int = 16, max_length: int = 64, count_flops: bool = False,
               seed: int = 0) -> tuple[list[Row], dict]:
     """Stage-1 training throughput, ours against sentence-transformers; see the module docstring."""
@@ -219,7 +220,7 @@ def run_train(student: ResolvedModel, teacher: TeacherEmbeddings, english: list[
 
     tok = AutoTokenizer.from_pretrained(student.path)
     tokens = [_real_tokens(tok, b.x_texts, b.en_texts, max_length) for b in batches]
-    baton = Baton(["ours", "peer", "probe"])
+    baton = Baton(["ours", "peer", "probe"], alternate=True)
     probe = MatmulProbe()
 
     def probe_windows() -> list[float]:
