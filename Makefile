@@ -58,6 +58,6 @@ clean:
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MIMO_HOME)/mlflow.db --host 127.0.0.1 --port 5000
 
-# After changing MIMO_TEACHER: re-materialise teacher_embeddings and everything downstream.
+# After changing MIMO_TEACHER: observe the new teacher, re-materialise everything downstream of it.
 swap-teacher: setup
-	$(BIN)/dg launch --assets 'key:teacher_embeddings+'
+	$(BIN)/dg launch --assets 'key:teacher_model+'
