@@ -11,7 +11,7 @@ from mimo_pipeline.evaluation import (EvalConfig, EvalResult, alignment_uniformi
 from mimo_pipeline.models import evaluation_models
 from resources import MimoSettings, MlflowTracking, ModelCatalog, ResultsStore
 
-from ._meta import md_table, path_meta
+from ._meta import md_table, path_meta, png_meta
 
 
 class BenchmarksConfig(Config):
@@ -123,10 +123,10 @@ def au_analysis(context: AssetExecutionContext, mlir_benchmarks: BenchmarkSet, m
     table = [[m, f"{a:.4f}", f"{u:.4f}"] for m, a, u in _all_rows(result.rows)]
     metadata = {"alignment_uniformity": md_table(["model", "alignment", "uniformity"], table),
                 "au_plot": path_meta(result.au_plot), "dagster/row_count": MetadataValue.int(len(result.rows)),
-                "au_plot_image": MetadataValue.md(_img(result.au_plot))}
+                "au_plot_image": png_meta(result.au_plot)}
     if result.ndcg_plot:
         metadata["ndcg_plot"] = path_meta(result.ndcg_plot)
-        metadata["ndcg_plot_image"] = MetadataValue.md(_img(result.ndcg_plot))
+        metadata["ndcg_plot_image"] = png_meta(result.ndcg_plot)
     import math
     bad = [r for r in result.rows if not math.isfinite(r["value"])]
     return MaterializeResult(value=result, metadata=metadata,
@@ -140,11 +140,3 @@ def _all_rows(rows):
         if r["lang"] == "all":
             by_model.setdefault(r["model"], {})[r["metric"]] = r["value"]
     return [(m, v.get("alignment", float("nan")), v.get("uniformity", float("nan"))) for m, v in by_model.items()]
-
-
-def _img(path: str) -> str:
-    """A PNG inlined as markdown, so the Dagster UI shows the plot itself."""
-    import base64
-    from pathlib import Path
-
-    return f"![plot](data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()})"

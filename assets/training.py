@@ -12,7 +12,7 @@ from mimo_pipeline.teacher import TeacherEmbeddings
 from mimo_pipeline.training import TrainConfig
 from resources import MimoSettings, MlflowTracking, ModelCatalog, ResultsStore
 
-from ._meta import md_table, path_meta
+from ._meta import md_table, path_meta, png_meta
 
 
 @asset(
@@ -133,7 +133,6 @@ def _checks(asset_name, model=None):
 def _result(context, trained: TrainedModel, asset_name, s, results: ResultsStore, run_id, teacher_name,
             student_name, corpus: CorpusResult, p1: bool, extra=None, prefix="") -> MaterializeResult:
     """Record a trained model in DuckDB (its folder is complete by now) and describe it."""
-    import base64
     import math
 
     ckpt = trained.checkpoint
@@ -154,7 +153,7 @@ def _result(context, trained: TrainedModel, asset_name, s, results: ResultsStore
         "final_terms": MetadataValue.json({k: round(v, 5) for k, v in trained.final_terms.items()}),
     }
     if plot is not None:
-        md["loss_curve"] = MetadataValue.md(f"![loss](data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()})")
+        md["loss_curve"] = png_meta(plot, "loss")
         md["loss_curve_path"] = path_meta(plot)
     if report.translation_p1:
         md["translation_p@1"] = MetadataValue.json({k: round(v, 4) for k, v in report.translation_p1.items()})
