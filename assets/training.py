@@ -62,6 +62,9 @@ class Stage1Settings(StageSettings):
     projection_init: str = Field(
         default="lstsq", description="W's start: 'lstsq' (least squares on the frozen student; keeps short CPU runs "
                                      "from collapsing the student) or 'random' (the paper, for full epochs).")
+    projection_fit_rows: int = Field(default=512, description="'lstsq': training rows the fit uses (rows that "
+                                                              "the training steps never draw).")
+    projection_ridge: float = Field(default=10.0, description="'lstsq': ridge penalty of the fit.")
 
 
 def _stage_config(cfg: StageSettings, s, steps_default: int) -> StageConfig:
@@ -74,7 +77,9 @@ def _stage_config(cfg: StageSettings, s, steps_default: int) -> StageConfig:
                           freeze_word_embeddings=cfg.freeze_word_embeddings,
                           checkpoint_every=sizes.checkpoint_every, log_every=max(1, steps // 20)),
         distill=cfg.distill, lam=cfg.lam, alpha=cfg.alpha,
-        projection_init=getattr(cfg, "projection_init", "random"))
+        projection_init=getattr(cfg, "projection_init", "random"),
+        projection_fit_rows=getattr(cfg, "projection_fit_rows", 512),
+        projection_ridge=getattr(cfg, "projection_ridge", 10.0))
 
 
 def _train_tracked(context, name, tracking: MlflowTracking, catalog: ModelCatalog, cfg: StageConfig,

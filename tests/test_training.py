@@ -282,3 +282,17 @@ def test_config_defaults_are_valid():
     assert TrainConfig(steps=1, batch_size=1, lr=1e-5, max_grad_norm=None, checkpoint_every=0).max_grad_norm is None
     assert c.resolved_device().type in ("cpu", "cuda")
     assert math.isclose(TrainConfig(steps=1, batch_size=1, lr=1e-5, warmup_ratio=0.0).warmup_ratio, 0.0)
+
+
+def test_stage1_fit_rows_avoid_the_rows_training_draws():
+    from mimo_pipeline.stages import _fit_rows, _order
+
+    drawn = _order(100, 40, seed=3)
+    rows = _fit_rows(100, drawn, 30, seed=3)
+    assert len(rows) == 30 and len(set(rows.tolist())) == 30
+    assert not set(rows.tolist()) & set(drawn.tolist())  # out of sample: W never saw a training batch
+    assert rows.tolist() == _fit_rows(100, drawn, 30, seed=3).tolist()  # seeded
+    # too few undrawn rows: all of them, topped up with drawn ones, still without repeats
+    rows = _fit_rows(100, drawn, 80, seed=3)
+    assert len(rows) == 80 and len(set(rows.tolist())) == 80
+    assert set(range(100)) - set(drawn.tolist()) <= set(rows.tolist())
