@@ -18,6 +18,7 @@ long format of DuckDB's ``eval_metrics``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ class CheckpointEmbedder:
         self.spec = read_pooling_spec(self.path)
         self.batch_size, self.device = batch_size, device
         self._encoder = None
+        self._released_passes = 0
 
     @property
     def dim(self) -> int:
@@ -88,7 +90,13 @@ class CheckpointEmbedder:
 
     @property
     def forward_passes(self) -> int:
-        return self._encoder.forward_passes if self._encoder is not None else 0
+        return self._released_passes + (self._encoder.forward_passes if self._encoder is not None else 0)
+
+    def release(self) -> None:
+        """Drop the loaded model (its vectors are cached); a later cache miss loads it again."""
+        if self._encoder is not None:
+            self._released_passes += self._encoder.forward_passes
+            self._encoder = None
 
     def prefix(self, prompt: str | None) -> str:
         return self.spec.prompt(prompt)
@@ -124,6 +132,10 @@ class UseEmbedder:
 
     def prefix(self, prompt: str | None) -> str:
         return ""
+
+    def release(self) -> None:
+        """Drop the loaded model (its vectors are cached)."""
+        self._model = None
 
     def encode(self, texts: Sequence[str], prompt: str | None) -> np.ndarray:
         if self._model is None:
@@ -249,7 +261,11 @@ def evaluate_models(
     *,
     only: dict[str, Sequence[str]] | None = None,
 ) -> EvalResult:
-    """Every model on every benchmark of `benchmark_set` (``only[model]`` narrows a model's list)."""
+    """Every model on every benchmark of `benchmark_set` (``only[model]`` narrows a model's list).
+
+    Models go one at a time: once a model's benchmarks are done, its weights are released
+    (``release()``, where an embedder has one), so memory holds one model, not all of them.
+    """
     t0 = time.perf_counter()
     rows: list[dict] = []
     benches = [benchmark_set.load(name) for name in benchmark_set.names]
@@ -258,6 +274,9 @@ def evaluate_models(
         for bench in benches:
             if allowed is None or bench.name in allowed:
                 rows.extend(evaluate_benchmark(embedder, bench, cache_root, config))
+        if callable(getattr(embedder, "release", None)):
+            embedder.release()
+            gc.collect()
     return EvalResult(tuple(rows), tuple(b.name for b in benches), tuple(models), time.perf_counter() - t0)
 
 

@@ -49,6 +49,9 @@ def test_uniformity_sampled_close_to_exact_and_seeded():
     sampled = uniformity(x, max_pairs=20_000, seed=5)
     assert sampled == uniformity(x, max_pairs=20_000, seed=5)
     assert sampled == pytest.approx(exact, abs=0.05)
+    # more pairs than one chunk of the sampled path (65,536): chunks join up to the same answer
+    y = rng.standard_normal((1000, 8))
+    assert uniformity(y, max_pairs=200_000, seed=5) == pytest.approx(uniformity(y), abs=0.01)
 
 
 def test_au_table():

@@ -90,3 +90,31 @@ def test_eval_config_is_validated():
         EvalConfig(index="annoy")
     with pytest.raises(MimoInputError, match="k: must be at least 100"):
         EvalConfig(k=10)
+
+
+def test_evaluate_models_releases_each_model_before_the_next_loads(tmp_path):
+    from mimo_pipeline.evaluation import evaluate_models
+
+    events = []
+
+    class Releasing(VerseEmbedder):
+        def encode(self, texts, prompt):
+            events.append(("encode", self.name))
+            return super().encode(texts, prompt)
+
+        def release(self):
+            events.append(("release", self.name))
+
+    class Set:  # the part of BenchmarkSet evaluate_models uses
+        names = ("translation", "mlir")
+
+        def load(self, name):
+            return benches()[name]
+
+    a, b = Releasing(0.0, "fp-a"), Releasing(1.0, "fp-b")
+    a.name, b.name = "a", "b"
+    result = evaluate_models({"a": a, "b": b}, Set(), tmp_path)
+    assert {r["model"] for r in result.rows} == {"a", "b"}
+    first_b = events.index(("encode", "b"))
+    assert events[first_b - 1] == ("release", "a")  # a is gone before b loads
+    assert events[-1] == ("release", "b") and events.count(("release", "a")) == 1
