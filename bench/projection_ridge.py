@@ -1,0 +1,60 @@
+"""Stage 1's least-squares W out of sample, by fit rows and ridge (the README's table).
+
+Needs a finished `make run` (the default corpus and base student under MIMO_HOME):
+
+    MIMO_HOME=./data .venv/bin/python -m bench.projection_ridge
+
+Encodes 2,560 seeded training rows (both sides) with the frozen student, fits ``W`` on the
+first 256..2048 rows and prints the mean cosine distance of ``W·s`` to the teacher's
+vectors on the fit rows and on the 512 rows left out.
+"""
+
+import glob
+import os
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from mimo_pipeline.catalog import resolve_model
+from mimo_pipeline.encoder import SentenceEncoder
+from mimo_pipeline.losses import Projection
+from mimo_pipeline.teacher import build_teacher_embeddings
+
+
+def cosine_distance(projection: Projection, s: np.ndarray, t: np.ndarray) -> float:
+    with torch.no_grad():
+        y = projection(torch.from_numpy(s)).numpy()
+    return float((1 - (y * t).sum(1) / np.linalg.norm(y, axis=1) / np.linalg.norm(t, axis=1)).mean())
+
+
+def main(held_out: int = 512, sizes=(256, 512, 1024, 2048), ridges=(1e-3, 1e-1, 1.0, 3.0, 10.0)) -> None:
+    home = os.environ.get("MIMO_HOME", "data")
+    corpora, students = glob.glob(f"{home}/corpus/*/parallel.parquet"), glob.glob(f"{home}/models/base_student/*/")
+    if not corpora or not students:
+        raise SystemExit(f"no corpus or base_student under {home}: run `make run` first")
+    t = pq.read_table(corpora[0], columns=["text", "en", "split"])
+    t = t.filter(pc.equal(t["split"], "train"))
+    texts, en = t["text"].to_pylist(), t["en"].to_pylist()
+    idx = np.random.default_rng(0).permutation(len(texts))[:max(sizes) + held_out]
+    encoder = SentenceEncoder(students[0], max_seq_length=64)
+    s = np.concatenate([encoder.encode([texts[i] for i in idx]), encoder.encode([en[i] for i in idx])])
+    teacher = build_teacher_embeddings([en[i] for i in idx], resolve_model("all-MiniLM-L6-v2", home),
+                                       f"{home}/teacher_cache")
+    t1 = teacher.vectors([en[i] for i in idx])
+    tt = np.concatenate([t1, t1])
+    n = len(idx)
+    test = np.r_[np.arange(max(sizes), n), n + np.arange(max(sizes), n)]
+    print("| fit rows | ridge | in-sample | held-out |\n|---|---|---|---|")
+    for m in sizes:
+        fit = np.r_[np.arange(m), n + np.arange(m)]
+        for ridge in ridges:
+            p = Projection(s.shape[1], tt.shape[1]).fit_least_squares(
+                torch.from_numpy(s[fit]), torch.from_numpy(tt[fit]), ridge=ridge)
+            print(f"| {m} | {ridge:g} | {cosine_distance(p, s[fit], tt[fit]):.3f} "
+                  f"| {cosine_distance(p, s[test], tt[test]):.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
