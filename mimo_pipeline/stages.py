@@ -175,8 +175,7 @@ def _fit_projection(projection: Projection, init: ModelCheckpoint, texts, englis
     s = np.concatenate([encoder.encode([texts[r] for r in rows]), encoder.encode(en)])
     t = np.concatenate([teacher.vectors(en)] * 2)
     projection.fit_least_squares(torch.from_numpy(s), torch.from_numpy(t), ridge=ridge)
-    log.info("stage1: projection fitted by least squares (ridge %g) on %d vectors of rows training never draws",
-             ridge, len(s))
+    log.info("stage1: projection fitted by least squares (ridge %g) on %d vectors", ridge, len(s))
 
 
 def _fit_rows(n_rows: int, drawn: np.ndarray, n_fit: int, seed: int) -> np.ndarray:

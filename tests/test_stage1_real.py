@@ -53,11 +53,14 @@ def test_stage1_lowers_distillation_loss_and_raises_translation_p_at_1(packaged_
     assert result.steps == 20 and result.pairs_per_s > 0
     assert all(np.isfinite(h["loss"]) for h in result.history)
 
-    # Before: the frozen student with the W Stage 1 starts from (least squares on the train rows).
+    # Before: the frozen student with the W Stage 1 starts from. There are fewer train rows than
+    # projection_fit_rows, so Stage 1 fits W on all of them (undrawn first, topped up): so does this.
+    assert len(train) <= cfg.projection_fit_rows
     enc0 = SentenceEncoder(student.path, max_seq_length=64)
     s0 = np.concatenate([enc0.encode([r["text"] for r in train]), enc0.encode([r["en"] for r in train])])
     t_train = np.concatenate([teacher.vectors([r["en"] for r in train])] * 2)
-    w0 = Projection(student.dim, teacher.dim, seed=0).fit_least_squares(torch.from_numpy(s0), torch.from_numpy(t_train))
+    w0 = Projection(student.dim, teacher.dim, seed=0).fit_least_squares(
+        torch.from_numpy(s0), torch.from_numpy(t_train), ridge=cfg.projection_ridge)
     t_held = teacher.vectors([r["en"] for r in held_out])
     before = held_out_distill_loss(student.path, w0, held_out, t_held)
     after = held_out_distill_loss(result.checkpoint.path, Projection.load(result.projection_path), held_out, t_held)
