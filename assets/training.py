@@ -62,9 +62,11 @@ class Stage1Settings(StageSettings):
     projection_init: str = Field(
         default="lstsq", description="W's start: 'lstsq' (least squares on the frozen student; keeps short CPU runs "
                                      "from collapsing the student) or 'random' (the paper, for full epochs).")
-    projection_fit_rows: int = Field(default=512, description="'lstsq': training rows the fit uses (rows that "
-                                                              "the training steps never draw).")
-    projection_ridge: float = Field(default=10.0, description="'lstsq': ridge penalty of the fit.")
+    projection_fit_rows: int = Field(
+        default=StageConfig.projection_fit_rows,
+        description="'lstsq': training rows the fit uses (rows that the training steps never draw).")
+    projection_ridge: float = Field(default=StageConfig.projection_ridge,
+                                    description="'lstsq': ridge penalty of the fit.")
 
 
 def _stage_config(cfg: StageSettings, s, steps_default: int) -> StageConfig:
@@ -77,9 +79,9 @@ def _stage_config(cfg: StageSettings, s, steps_default: int) -> StageConfig:
                           freeze_word_embeddings=cfg.freeze_word_embeddings,
                           checkpoint_every=sizes.checkpoint_every, log_every=max(1, steps // 20)),
         distill=cfg.distill, lam=cfg.lam, alpha=cfg.alpha,
-        projection_init=getattr(cfg, "projection_init", "random"),
-        projection_fit_rows=getattr(cfg, "projection_fit_rows", 512),
-        projection_ridge=getattr(cfg, "projection_ridge", 10.0))
+        # Stage 1's W settings; other stages keep StageConfig's defaults
+        **{k: getattr(cfg, k) for k in ("projection_init", "projection_fit_rows", "projection_ridge")
+           if hasattr(cfg, k)})
 
 
 def _train_tracked(context, name, tracking: MlflowTracking, catalog: ModelCatalog, cfg: StageConfig,

@@ -13,20 +13,18 @@ import glob
 import os
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from mimo_pipeline.catalog import resolve_model
+from mimo_pipeline.corpus import read_corpus
 from mimo_pipeline.encoder import SentenceEncoder
-from mimo_pipeline.losses import Projection
+from mimo_pipeline.losses import Projection, distill_loss
 from mimo_pipeline.teacher import build_teacher_embeddings
 
 
 def cosine_distance(projection: Projection, s: np.ndarray, t: np.ndarray) -> float:
     with torch.no_grad():
-        y = projection(torch.from_numpy(s)).numpy()
-    return float((1 - (y * t).sum(1) / np.linalg.norm(y, axis=1) / np.linalg.norm(t, axis=1)).mean())
+        return float(distill_loss(projection(torch.from_numpy(s)), torch.from_numpy(t)))
 
 
 def main(held_out: int = 512, sizes=(256, 512, 1024, 2048), ridges=(1e-3, 1e-1, 1.0, 3.0, 10.0)) -> None:
@@ -34,8 +32,7 @@ def main(held_out: int = 512, sizes=(256, 512, 1024, 2048), ridges=(1e-3, 1e-1, 
     corpora, students = glob.glob(f"{home}/corpus/*/parallel.parquet"), glob.glob(f"{home}/models/base_student/*/")
     if not corpora or not students:
         raise SystemExit(f"no corpus or base_student under {home}: run `make run` first")
-    t = pq.read_table(corpora[0], columns=["text", "en", "split"])
-    t = t.filter(pc.equal(t["split"], "train"))
+    t = read_corpus(corpora[0], "train", ["text", "en"])
     texts, en = t["text"].to_pylist(), t["en"].to_pylist()
     idx = np.random.default_rng(0).permutation(len(texts))[:max(sizes) + held_out]
     encoder = SentenceEncoder(students[0], max_seq_length=64)

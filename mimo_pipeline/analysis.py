@@ -77,9 +77,10 @@ def uniformity(x, t: float = 2, max_pairs: int = 1_000_000, seed: int = 0) -> fl
         j = rng.integers(0, n - 1, size=max_pairs)
         j = j + (j >= i)  # uniform over j != i
         vals = np.empty(max_pairs)
-        for start in range(0, max_pairs, 65_536):  # in chunks: a million pairs at once is gigabytes
-            a, b = fx[i[start:start + 65_536]], fx[j[start:start + 65_536]]
-            vals[start:start + 65_536] = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", a, b), 0.0)
+        chunk = 65_536  # a million pairs at once is gigabytes
+        for start in range(0, max_pairs, chunk):
+            part = slice(start, start + chunk)
+            vals[part] = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", fx[i[part]], fx[j[part]]), 0.0)
     return _logmeanexp(-t * vals)
 
 

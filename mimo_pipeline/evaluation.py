@@ -82,21 +82,14 @@ class CheckpointEmbedder:
         self.spec = read_pooling_spec(self.path)
         self.batch_size, self.device = batch_size, device
         self._encoder = None
-        self._released_passes = 0
 
     @property
     def dim(self) -> int:
         return self.spec.dim
 
-    @property
-    def forward_passes(self) -> int:
-        return self._released_passes + (self._encoder.forward_passes if self._encoder is not None else 0)
-
     def release(self) -> None:
         """Drop the loaded model (its vectors are cached); a later cache miss loads it again."""
-        if self._encoder is not None:
-            self._released_passes += self._encoder.forward_passes
-            self._encoder = None
+        self._encoder = None
 
     def prefix(self, prompt: str | None) -> str:
         return self.spec.prompt(prompt)

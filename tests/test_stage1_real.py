@@ -6,14 +6,13 @@ loss goes down and en↔X translation P@1 of the student's own vectors goes up.
 """
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from mimo_pipeline.catalog import resolve_model
-from mimo_pipeline.corpus import CorpusConfig, build_parallel_corpus_cached
+from mimo_pipeline.corpus import CorpusConfig, build_parallel_corpus_cached, read_corpus
 from mimo_pipeline.encoder import SentenceEncoder
-from mimo_pipeline.losses import Projection
+from mimo_pipeline.losses import Projection, distill_loss
 from mimo_pipeline.stages import StageConfig, _fit_projection, _fit_rows, _order, train_stage1, translation_p_at_1
 from mimo_pipeline.student import export_checkpoint
 from mimo_pipeline.teacher import build_teacher_embeddings, english_texts
@@ -23,14 +22,12 @@ pytestmark = pytest.mark.e2e
 
 
 def held_out_distill_loss(model_path, projection: Projection, rows, teacher_vecs) -> float:
-    """Mean cosine distance of ``W·s(x)`` and ``W·s(en)`` to ``T(en)`` (Stage 1's loss, no prompt)."""
+    """Stage 1's loss on ``rows``: cosine distillation of ``W·s(x)`` and ``W·s(en)`` onto ``T(en)`` (no prompt)."""
     enc = SentenceEncoder(model_path, max_seq_length=64)
     s = np.concatenate([enc.encode([r["text"] for r in rows]), enc.encode([r["en"] for r in rows])])
+    t = torch.from_numpy(np.concatenate([teacher_vecs] * 2))
     with torch.no_grad():
-        y = projection(torch.from_numpy(s)).numpy()
-    t = np.concatenate([teacher_vecs] * 2)
-    cos = (y * t).sum(1) / (np.linalg.norm(y, axis=1) * np.linalg.norm(t, axis=1))
-    return float((1 - cos).mean())
+        return float(distill_loss(projection(torch.from_numpy(s)), t))
 
 
 def test_stage1_lowers_distillation_loss_and_raises_translation_p_at_1(packaged_home, tmp_path):
@@ -42,9 +39,8 @@ def test_stage1_lowers_distillation_loss_and_raises_translation_p_at_1(packaged_
     teacher = build_teacher_embeddings(english_texts(corpus.path, ("train", "eval")), teacher_model,
                                        tmp_path / "teacher_cache")
 
-    table = pq.read_table(corpus.path, columns=["text", "en", "split"]).to_pylist()
-    train = [r for r in table if r["split"] == "train"]
-    held_out = [r for r in table if r["split"] == "eval"]
+    train = read_corpus(corpus.path, "train", ["text", "en"]).to_pylist()
+    held_out = read_corpus(corpus.path, "eval", ["text", "en"]).to_pylist()
     assert len(train) >= 1000 and len(held_out) >= 100
 
     cfg = StageConfig(TrainConfig(steps=20, batch_size=16, lr=1e-4, max_length=64, seed=0),
