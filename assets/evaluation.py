@@ -6,9 +6,10 @@ from pydantic import Field
 
 from mimo_pipeline.benchmarks import BenchmarkConfig, BenchmarkSet, build_benchmark_set
 from mimo_pipeline.corpus import CorpusResult
-from mimo_pipeline.evaluation import (EvalConfig, EvalResult, alignment_uniformity, comparison_table,
-                                      evaluate_models)
+from mimo_pipeline.evaluation import (TABLE_LEGEND, EvalConfig, EvalResult, alignment_uniformity,
+                                      comparison_table, evaluate_models)
 from mimo_pipeline.models import evaluation_models
+from mimo_pipeline.report import markdown_table
 from resources import MimoSettings, MlflowTracking, ModelCatalog, ResultsStore
 
 from ._meta import md_table, path_meta, png_meta
@@ -54,6 +55,8 @@ class MlirEvalConfig(Config):
     index: str = Field(default="flat", description="faiss index: flat (exact), ivf or hnsw (large pools).")
     k: int = Field(default=100, description="Ranking depth.")
     batch_size: int = Field(default=64, description="Encoding batch size.")
+    n_resamples: int = Field(default=2000, description="Bootstrap resamples and randomisation-test draws of the "
+                                                       "intervals over topics and the tests against mimo (>= 1000).")
 
 
 @asset(
@@ -73,10 +76,13 @@ def mlir_eval(context: AssetExecutionContext, config: MlirEvalConfig, mlir_bench
     models, only = evaluation_models(student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints,
                                      catalog.resolve_teacher(), batch_size=config.batch_size)
     result = evaluate_models(models, mlir_benchmarks, s.home / "embed_cache",
-                             EvalConfig(k=config.k, index=config.index, batch_size=config.batch_size), only=only)
+                             EvalConfig(k=config.k, index=config.index, batch_size=config.batch_size,
+                                        n_resamples=config.n_resamples), only=only)
     run_id = context.run.run_id
     teacher = catalog.resolve_teacher()
-    results.db().append("eval_metrics", [{**r, "dagster_run_id": run_id} for r in result.rows])
+    db = results.db()
+    db.append("eval_metrics", [{**r, "dagster_run_id": run_id} for r in result.rows])
+    db.append("eval_compare", [{**r, "dagster_run_id": run_id} for r in result.compare])
     tracker = tracking.tracker()
     for model in result.models:
         with tracker.run(f"eval {model} · {teacher.name}", dagster_run_id=run_id,
@@ -87,7 +93,9 @@ def mlir_eval(context: AssetExecutionContext, config: MlirEvalConfig, mlir_bench
     bad = [r for r in result.rows if r["metric"] != "mrc@10" and not 0.0 <= r["value"] <= 1.0]
     return MaterializeResult(
         value=result,
-        metadata={"comparison": md_table(header, rows), "dagster/row_count": MetadataValue.int(len(result.rows)),
+        metadata={"comparison": MetadataValue.md(markdown_table(header, rows) + "\n\n" + TABLE_LEGEND),
+                  "comparisons_vs_mimo": MetadataValue.int(len(result.compare)),
+                  "dagster/row_count": MetadataValue.int(len(result.rows)),
                   "models": MetadataValue.text(" ".join(result.models)),
                   "benchmarks": MetadataValue.text(" ".join(result.benchmarks)),
                   "seconds": MetadataValue.float(round(result.encode_seconds, 1))},

@@ -101,7 +101,9 @@ def build_bible_benchmarks(
     corpus' eval split, see `corpus.verse_texts`); ``cross_refs`` are (from, to) verse
     ids. Query verses are sampled (seeded) among verses with a cross-reference to
     another held-out verse; the pool holds their targets, the query verses themselves,
-    and seeded distractors up to ``pool_verses``.
+    and seeded distractors up to exactly ``pool_verses``. A ``pool_verses`` below what the
+    query verses and their targets need, or above the held-out verses there are, is a
+    `MimoInputError` naming the bound.
     """
     rng = random.Random(config.seed)
     langs = list(dict.fromkeys(languages))
@@ -120,10 +122,23 @@ def build_bible_benchmarks(
     pool_v = set(queries_v)
     for q in queries_v:
         pool_v.update(targets[q])
+    n_needed = len(pool_v)
+    if config.pool_verses < len(pool_v):
+        raise MimoInputError(
+            f"{config.pool_verses} verses cannot hold the {len(queries_v)} query verses and their cross-referenced "
+            f"targets: the pool needs at least {len(pool_v)} verses ({2 * len(pool_v)} for as many distractors "
+            f"as query and target verses); raise pool_verses or lower query_verses", source="pool_verses")
     rest = sorted(set(verses) - pool_v)
+    if config.pool_verses > len(pool_v) + len(rest):
+        raise MimoInputError(
+            f"{config.pool_verses} verses exceed the {len(pool_v) + len(rest)} held-out verses available; "
+            f"set pool_verses to at most {len(pool_v) + len(rest)} or hold out more verses (max_eval_verses)",
+            source="pool_verses")
     rng.shuffle(rest)
-    pool_v.update(rest[:max(0, config.pool_verses - len(pool_v))])
+    pool_v.update(rest[:config.pool_verses - len(pool_v)])
     pool_v = sorted(pool_v)
+    log.info("benchmark pool: %d verses: %d query and target verses (%d query verses), %d distractors",
+             len(pool_v), n_needed, len(queries_v), len(pool_v) - n_needed)
 
     def doc(v: str, lang: str) -> dict:
         return {"text": verses[v][lang], "lang": lang, "group": v}

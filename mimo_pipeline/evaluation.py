@@ -12,8 +12,13 @@ faiss (exact inner product on normalised vectors by default; IVF or HNSW behind
 - ``mrc@10`` where queries come in parallel groups over several languages;
 - ``peer@100`` where a query's relevant documents span several languages.
 
-Each figure is one row ``{model, benchmark, task, query_lang, metric, value}``, the
-long format of DuckDB's ``eval_metrics``.
+Each figure is one row ``{model, seed, benchmark, task, query_lang, metric, value,
+ci_low, ci_high, n_topics}``, the long format of DuckDB's ``eval_metrics``. At
+``query_lang = all`` the per-query figures (the six above and ``peer@100``) also get
+a 95% cluster-bootstrap interval over topics (`stats`; topic = query verse: the queries
+sharing a ``group``); elsewhere, and for ``mrc@10`` (a mean over languages of per-group
+correlations, not a per-query mean), the interval fields are None. `compare_models`
+turns the per-topic scores into ``eval_compare`` rows: every model against ``mimo``.
 """
 
 from __future__ import annotations
@@ -21,17 +26,18 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
 from .benchmarks import Benchmark
 from .embedding_cache import EmbeddingCache, fill_cache, text_key
 from .errors import MimoInputError
-from .metrics import evaluated_queries, ir_metrics, mean_metrics, mrc_at_k, peer_at_k
+from .metrics import evaluated_queries, ir_metrics, mean_metrics, mrc_at_k, peer_per_query
 from .retrieval import l2_normalize, run_from_search, search
+from .stats import CONFIDENCE, N_RESAMPLES, TopicScores, bootstrap_ci, holm, paired_test, topic_scores
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,9 @@ class EvalConfig:
     batch_size: int = 64
     mrc_k: int = 10
     peer_k: int = 100
+    n_resamples: int = N_RESAMPLES  # bootstrap resamples and randomisation-test draws (>= 1000)
+    stats_seed: int = 0  # seed of the bootstrap and the randomisation test
+    confidence: float = CONFIDENCE
 
     def __post_init__(self):
         if self.index not in INDEX_KINDS:
@@ -55,6 +64,10 @@ class EvalConfig:
         if self.k < max(self.peer_k, self.mrc_k, 100):
             raise MimoInputError(f"must be at least 100 (recall@100, map@100) and peer_k, got {self.k}",
                                  source="k")
+        if self.n_resamples < 1000:
+            raise MimoInputError(f"must be at least 1000, got {self.n_resamples}", source="n_resamples")
+        if not 0.0 < self.confidence < 1.0:
+            raise MimoInputError(f"must be between 0 and 1, e.g. 0.95; got {self.confidence}", source="confidence")
 
 
 class Embedder(Protocol):
@@ -157,9 +170,27 @@ def _excluded(bench: Benchmark, qid: str, by_group: dict[str, list[str]]) -> set
     return out
 
 
+@dataclass(frozen=True)
+class BenchmarkScores:
+    """One model on one benchmark: eval_metrics rows (without run id) and, per metric, the
+    per-topic scores over all queries (query_lang ``all``) that the intervals come from."""
+
+    rows: list[dict]
+    topics: dict[str, TopicScores]
+
+
 def evaluate_benchmark(embedder: Embedder, bench: Benchmark, cache_root: str | Path,
-                       config: EvalConfig = EvalConfig()) -> list[dict]:
+                       config: EvalConfig = EvalConfig(), *, seed: int | None = None) -> list[dict]:
     """All figures of one model on one benchmark, as eval_metrics rows (without run id)."""
+    return score_benchmark(embedder, bench, cache_root, config, seed=seed).rows
+
+
+def score_benchmark(embedder: Embedder, bench: Benchmark, cache_root: str | Path,
+                    config: EvalConfig = EvalConfig(), *, seed: int | None = None) -> BenchmarkScores:
+    """`evaluate_benchmark`'s rows plus the per-topic scores behind their intervals.
+
+    ``seed`` is the training seed of the model, written to every row (None: not known).
+    """
     t0 = time.perf_counter()
     doc_ids = list(bench.corpus)
     qids = [q for q in evaluated_queries(bench.qrels) if q in bench.queries]
@@ -192,20 +223,33 @@ def evaluate_benchmark(embedder: Embedder, bench: Benchmark, cache_root: str | P
     selections = {lang: [q for q in qids if lang_of[q] == lang] for lang in langs}
     selections["all"] = qids
     rows = []
+    topics: dict[str, TopicScores] = {}
+    topic_of = {q: bench.queries[q].get("group") for q in qids}
 
-    def add(query_lang: str, metric: str, value: float) -> None:
-        if value is not None and np.isfinite(value):
-            rows.append({"model": embedder.name, "benchmark": bench.name, "task": bench.task,
-                         "query_lang": query_lang, "metric": metric, "value": float(value)})
+    def add(query_lang: str, metric: str, value: float, per_q: Mapping[str, float] | None = None) -> None:
+        if value is None or not np.isfinite(value):
+            return
+        row = {"model": embedder.name, "seed": seed, "benchmark": bench.name, "task": bench.task,
+               "query_lang": query_lang, "metric": metric, "value": float(value),
+               "ci_low": None, "ci_high": None, "n_topics": None}
+        if query_lang == "all" and per_q:
+            ts = topics[metric] = topic_scores(per_q, topic_of)
+            ci = bootstrap_ci(ts, confidence=config.confidence, n_resamples=config.n_resamples,
+                              seed=config.stats_seed)
+            row.update(ci_low=ci.low, ci_high=ci.high, n_topics=ci.n_topics)
+        rows.append(row)
 
     for query_lang, sel in selections.items():
         for metric, value in mean_metrics(per_query, sel).items():
-            add(query_lang, metric, value)
+            add(query_lang, metric, value, {q: per_query[q][metric] for q in sel})
 
     doc_lang = {d: bench.corpus[d]["lang"] for d in doc_ids if "lang" in bench.corpus[d]}
     if len(set(doc_lang.values())) > 1:
+        peer = peer_per_query(run, bench.qrels, doc_lang, config.peer_k)  # queries without a p-value are absent
         for query_lang, sel in selections.items():
-            add(query_lang, f"peer@{config.peer_k}", peer_at_k(run, bench.qrels, doc_lang, config.peer_k, qids=sel))
+            per_q = {q: peer[q] for q in sel if q in peer}
+            add(query_lang, f"peer@{config.peer_k}", float(np.mean(list(per_q.values()))) if per_q else None,
+                per_q)
 
     groups = sorted({bench.queries[q]["group"] for q in qids if bench.queries[q].get("group") is not None})
     if len(langs) > 1 and groups:
@@ -229,21 +273,30 @@ def evaluate_benchmark(embedder: Embedder, bench: Benchmark, cache_root: str | P
     log.info("%s on %s: %d queries, %d documents, ndcg@10 %.4f (%.1fs)", embedder.name, bench.name, len(qids),
              len(doc_ids), next((r["value"] for r in rows if r["metric"] == "ndcg@10" and r["query_lang"] == "all"),
                                 float("nan")), time.perf_counter() - t0)
-    return rows
+    return BenchmarkScores(rows, topics)
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """What mlir_eval hands on: every figure (eval_metrics rows without run id) and the benchmarks."""
+    """What mlir_eval hands on: every figure (eval_metrics rows without run id), the
+    per-topic scores behind the intervals (``(model, benchmark, metric)`` -> `TopicScores`,
+    query_lang ``all``) and the comparisons against the reference (eval_compare rows
+    without run id, see `compare_models`)."""
 
     rows: tuple[dict, ...]
     benchmarks: tuple[str, ...]
     models: tuple[str, ...]
     encode_seconds: float
+    topic_scores: Mapping[tuple[str, str, str], TopicScores] = field(default_factory=dict)
+    compare: tuple[dict, ...] = ()
 
     def value(self, model: str, benchmark: str, metric: str, query_lang: str = "all") -> float | None:
         return next((r["value"] for r in self.rows if (r["model"], r["benchmark"], r["metric"], r["query_lang"])
                      == (model, benchmark, metric, query_lang)), None)
+
+
+REFERENCE = "mimo"
+SIGNIFICANCE = 0.05
 
 
 def evaluate_models(
@@ -253,38 +306,123 @@ def evaluate_models(
     config: EvalConfig = EvalConfig(),
     *,
     only: dict[str, Sequence[str]] | None = None,
+    seeds: Mapping[str, int | None] | None = None,
+    reference: str = REFERENCE,
 ) -> EvalResult:
     """Every model on every benchmark of `benchmark_set` (``only[model]`` narrows a model's list).
 
     Models go one at a time: once a model's benchmarks are done, its weights are released
     (``release()``, where an embedder has one), so memory holds one model, not all of them.
+    ``seeds[name]`` is the training seed written to the rows of the model named ``name``
+    (its ``embedder.name``, the ``model`` of its rows; absent: None). When ``reference``
+    is among the models, every other model is compared with it (`compare_models`) and
+    the rows land in ``EvalResult.compare``.
     """
     t0 = time.perf_counter()
     rows: list[dict] = []
+    topics: dict[tuple[str, str, str], TopicScores] = {}
+    tasks: dict[str, str] = {}
+    seeds = dict(seeds or {})
     benches = [benchmark_set.load(name) for name in benchmark_set.names]
     for name, embedder in models.items():
         allowed = set(only[name]) if only and name in only else None
         for bench in benches:
             if allowed is None or bench.name in allowed:
-                rows.extend(evaluate_benchmark(embedder, bench, cache_root, config))
+                scored = score_benchmark(embedder, bench, cache_root, config, seed=seeds.get(embedder.name))
+                rows.extend(scored.rows)
+                tasks[bench.name] = bench.task
+                topics.update({(embedder.name, bench.name, metric): ts for metric, ts in scored.topics.items()})
         if callable(getattr(embedder, "release", None)):
             embedder.release()
             gc.collect()
-    return EvalResult(tuple(rows), tuple(b.name for b in benches), tuple(models), time.perf_counter() - t0)
+    compare = compare_models(topics, tasks, reference=reference, seeds=seeds, config=config) \
+        if any(e.name == reference for e in models.values()) else []
+    return EvalResult(tuple(rows), tuple(b.name for b in benches), tuple(models), time.perf_counter() - t0,
+                      topics, tuple(compare))
+
+
+def compare_models(
+    scores: Mapping[tuple[str, str, str], TopicScores],
+    tasks: Mapping[str, str],
+    *,
+    reference: str = REFERENCE,
+    seeds: Mapping[str, int | None] | None = None,
+    config: EvalConfig = EvalConfig(),
+) -> list[dict]:
+    """eval_compare rows (without run id): every model against ``reference`` on every
+    benchmark and per-query metric at query_lang ``all``, on the topics both have.
+
+    ``scores`` maps ``(model, benchmark, metric)`` to `TopicScores` (as in
+    `EvalResult.topic_scores`); ``tasks`` maps benchmark -> task. Each row holds
+    ``delta`` (model minus reference, mean over the common topics' queries), its 95%
+    paired cluster-bootstrap interval, the two-sided paired randomisation (sign-flip)
+    p-value (`stats.paired_test`) and ``p_holm``.
+
+    Holm's family is one (benchmark, metric): the comparisons of every model against the
+    reference on that figure (the question "which models differ from mimo on MLIR
+    nDCG@10?"). Correcting across every benchmark and metric of a run as well would
+    treat the 7 correlated metrics of one ranking as separate discoveries; a reader who
+    wants that family can apply `stats.holm` to all ``p_value`` of a run.
+    ``seeds[model]`` is written to the rows (absent: None).
+    """
+    seeds = seeds or {}
+    rows: list[dict] = []
+    for (model, bench, metric), ts in scores.items():
+        ref = scores.get((reference, bench, metric))
+        if model == reference or ref is None:
+            continue
+        res = paired_test(ts, ref, confidence=config.confidence, n_resamples=config.n_resamples,
+                          seed=config.stats_seed)
+        if res.n_topics == 0:
+            continue
+        rows.append({"model": model, "reference": reference, "benchmark": bench, "task": tasks[bench],
+                     "query_lang": "all", "metric": metric, "seed": seeds.get(model), "delta": res.delta,
+                     "ci_low": res.ci_low, "ci_high": res.ci_high, "p_value": res.p_value, "p_holm": None,
+                     "n_topics": res.n_topics})
+    families: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        families.setdefault((r["benchmark"], r["metric"]), []).append(r)
+    for family in families.values():
+        for r, p in zip(family, holm([r["p_value"] for r in family])):
+            r["p_holm"] = p
+    return rows
+
+
+#: The legend under `comparison_table`.
+TABLE_LEGEND = (f"± half of the 95% cluster-bootstrap interval over topics (cells of one benchmark); "
+                f"† differs from {REFERENCE} (paired randomisation test over topics, Holm-corrected "
+                f"p < {SIGNIFICANCE}); bold: best.")
+
+
+def _number(x) -> float | None:
+    """A finite float, or None for None/NaN (DuckDB NULLs read back through pandas are NaN)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
 
 
 def comparison_table(result: EvalResult, metrics: Sequence[str] = ("ndcg@10", "recall@100", "mrc@10", "peer@100"),
                      tasks: Sequence[str] = ("mlir", "monolingual", "translation")) -> tuple[list[str], list[list]]:
     """Models x (task, metric) for query_lang 'all' (mean over the benchmarks of a task), best in bold.
 
-    ``teacher_en`` (English only) is a reference and never marked best.
+    A cell that is one benchmark's figure shows ``value ± half-interval`` where the row
+    has an interval, and ``†`` where the model's paired difference from the reference
+    is significant (``p_holm`` < 0.05 in ``result.compare``); see `TABLE_LEGEND`. A cell
+    averaging several benchmarks (monolingual) shows the mean alone. Rows without the
+    interval fields (older runs) give plain values. ``teacher_en`` (English only) is a
+    reference and never marked best.
     """
-    acc: dict[tuple[str, str, str], list[float]] = {}
+    acc: dict[tuple[str, str, str], list[dict]] = {}
     for r in result.rows:
         if r["query_lang"] == "all" and r["metric"] in metrics and r["task"] in tasks:
-            acc.setdefault((r["model"], r["task"], r["metric"]), []).append(r["value"])
+            acc.setdefault((r["model"], r["task"], r["metric"]), []).append(r)
+    significant = {(c["model"], c["benchmark"], c["metric"]) for c in result.compare
+                   if c.get("query_lang", "all") == "all" and _number(c.get("p_holm")) is not None
+                   and _number(c.get("p_holm")) < SIGNIFICANCE}
     cols = [(t, m) for t in tasks for m in metrics if any(k[1:] == (t, m) for k in acc)]
-    mean = {k: float(np.mean(v)) for k, v in acc.items()}
+    mean = {k: float(np.mean([r["value"] for r in v])) for k, v in acc.items()}
     best = {c: max((v for (m, *rest), v in mean.items() if tuple(rest) == c and m != "teacher_en"), default=None)
             for c in cols}
     table = []
@@ -292,8 +430,20 @@ def comparison_table(result: EvalResult, metrics: Sequence[str] = ("ndcg@10", "r
         row = [model]
         for c in cols:
             v = mean.get((model, *c))
-            cell = "" if v is None else f"{v:.4f}"
-            row.append(f"**{cell}**" if v is not None and v == best[c] and model != "teacher_en" else cell)
+            if v is None:
+                row.append("")
+                continue
+            cell = f"{v:.4f}"
+            if v == best[c] and model != "teacher_en":
+                cell = f"**{cell}**"
+            figures = acc[(model, *c)]
+            if len(figures) == 1:
+                low, high = _number(figures[0].get("ci_low")), _number(figures[0].get("ci_high"))
+                if low is not None and high is not None:
+                    cell += f" ± {(high - low) / 2:.4f}"
+                if (model, figures[0]["benchmark"], c[1]) in significant:
+                    cell += " †"
+            row.append(cell)
         table.append(row)
     return ["model", *[f"{t} {m}" for t, m in cols]], table
 

@@ -29,19 +29,25 @@ def markdown_table(header, rows) -> str:
 
 
 def results_table(db: ResultsDB, dagster_run_id: str | None = None) -> str:
-    """`evaluation.comparison_table` of a run's rows in DuckDB (the latest run's by default), markdown."""
-    from .evaluation import EvalResult, comparison_table
+    """`evaluation.comparison_table` of a run's rows in DuckDB (the latest run's by default), markdown,
+    with its legend (intervals and the paired comparison against mimo from ``eval_compare``).
+
+    Rows of older runs (no interval, no comparison: NULL columns) give plain values."""
+    from .evaluation import TABLE_LEGEND, EvalResult, comparison_table
 
     run = dagster_run_id or next(iter(db.query(
         "SELECT dagster_run_id FROM eval_metrics ORDER BY created_at DESC LIMIT 1").dagster_run_id), None)
-    df = db.query("SELECT model, benchmark, task, query_lang, metric, value FROM eval_metrics "
+    df = db.query("SELECT model, benchmark, task, query_lang, metric, value, ci_low, ci_high FROM eval_metrics "
                   "WHERE dagster_run_id = ?", [run])
     if df.empty:
         return "(no evaluation results yet)"
+    compare = db.query("SELECT model, reference, benchmark, query_lang, metric, p_holm FROM eval_compare "
+                       "WHERE dagster_run_id = ?", [run])
     present = set(df.model)
     models = tuple(m for m in MODEL_ORDER if m in present) + tuple(sorted(present - set(MODEL_ORDER)))
-    header, rows = comparison_table(EvalResult(tuple(df.to_dict("records")), (), models, 0.0))
-    return markdown_table(header, rows)
+    header, rows = comparison_table(EvalResult(tuple(df.to_dict("records")), (), models, 0.0,
+                                               compare=tuple(compare.to_dict("records"))))
+    return markdown_table(header, rows) + "\n\n" + TABLE_LEGEND
 
 
 def print_summary(settings: Settings, dagster_run_id: str | None = None) -> None:
@@ -71,4 +77,4 @@ def print_summary(settings: Settings, dagster_run_id: str | None = None) -> None
             print(markdown_table(["model", "path"], ckpts.itertuples(index=False)))
         print("\nresults (query_lang = all; mean over benchmarks of a task):")
         print(results_table(db, dagster_run_id))
-    print(f"\nquery the results: duckdb {db_path}  (tables checkpoints, eval_metrics, au_metrics)")
+    print(f"\nquery the results: duckdb {db_path}  (tables checkpoints, eval_metrics, eval_compare, au_metrics)")

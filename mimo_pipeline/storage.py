@@ -29,12 +29,20 @@ log = logging.getLogger(__name__)
 TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "checkpoints": (
         ("model", "VARCHAR"), ("asset", "VARCHAR"), ("path", "VARCHAR"), ("teacher", "VARCHAR"),
-        ("student_base", "VARCHAR"), ("dagster_run_id", "VARCHAR"), ("mlflow_run_id", "VARCHAR"),
-        ("created_at", "TIMESTAMP"),
+        ("student_base", "VARCHAR"), ("seed", "INTEGER"), ("dagster_run_id", "VARCHAR"),
+        ("mlflow_run_id", "VARCHAR"), ("created_at", "TIMESTAMP"),
     ),
     "eval_metrics": (
-        ("dagster_run_id", "VARCHAR"), ("model", "VARCHAR"), ("benchmark", "VARCHAR"), ("task", "VARCHAR"),
-        ("query_lang", "VARCHAR"), ("metric", "VARCHAR"), ("value", "DOUBLE"), ("created_at", "TIMESTAMP"),
+        ("dagster_run_id", "VARCHAR"), ("model", "VARCHAR"), ("seed", "INTEGER"), ("benchmark", "VARCHAR"),
+        ("task", "VARCHAR"), ("query_lang", "VARCHAR"), ("metric", "VARCHAR"), ("value", "DOUBLE"),
+        # 95% cluster-bootstrap interval over topics (stats.bootstrap_ci); NULL where not applicable
+        ("ci_low", "DOUBLE"), ("ci_high", "DOUBLE"), ("n_topics", "INTEGER"), ("created_at", "TIMESTAMP"),
+    ),
+    "eval_compare": (  # paired comparison of model against reference = mimo (evaluation.compare_models)
+        ("dagster_run_id", "VARCHAR"), ("model", "VARCHAR"), ("reference", "VARCHAR"), ("benchmark", "VARCHAR"),
+        ("task", "VARCHAR"), ("query_lang", "VARCHAR"), ("metric", "VARCHAR"), ("seed", "INTEGER"),
+        ("delta", "DOUBLE"), ("ci_low", "DOUBLE"), ("ci_high", "DOUBLE"), ("p_value", "DOUBLE"),
+        ("p_holm", "DOUBLE"), ("n_topics", "INTEGER"), ("created_at", "TIMESTAMP"),
     ),
     "au_metrics": (
         ("dagster_run_id", "VARCHAR"), ("model", "VARCHAR"), ("lang", "VARCHAR"), ("metric", "VARCHAR"),

@@ -81,3 +81,17 @@ def test_broken_lines_name_file_and_row(tmp_path):
         load_benchmark(d)
     with pytest.raises(MimoInputError, match="not a folder"):
         load_benchmark(tmp_path / "nowhere")
+
+
+def test_a_pool_too_small_for_the_queries_and_targets_is_an_error():
+    # 2 query verses (40.1.1 -> 2, 3; 40.1.4 -> 5) need 5 pool verses: 4 cannot hold them.
+    with pytest.raises(MimoInputError, match=r"pool_verses: 4 verses cannot hold.*at least 5 verses"):
+        build_bible_benchmarks(VERSES, REFS, LANGS, BenchmarkConfig(2, 4, 3))
+    exact = build_bible_benchmarks(VERSES, REFS, LANGS, BenchmarkConfig(2, 5, 3))[0]
+    assert len(exact.corpus) == 5 * 2  # no distractor, and nothing beyond what was asked
+
+
+def test_a_pool_larger_than_the_held_out_verses_is_an_error():
+    with pytest.raises(MimoInputError, match=r"pool_verses: 9 verses exceed the 8 held-out verses"):
+        build_bible_benchmarks(VERSES, REFS, LANGS, BenchmarkConfig(2, 9, 3))
+    assert len(build_bible_benchmarks(VERSES, REFS, LANGS, BenchmarkConfig(2, 8, 3))[0].corpus) == 8 * 2

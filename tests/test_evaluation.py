@@ -118,3 +118,103 @@ def test_evaluate_models_releases_each_model_before_the_next_loads(tmp_path):
     first_b = events.index(("encode", "b"))
     assert events[first_b - 1] == ("release", "a")  # a is gone before b loads
     assert events[-1] == ("release", "b") and events.count(("release", "a")) == 1
+
+
+PER_QUERY = ("ndcg@10", "ndcg@20", "recall@10", "recall@100", "mrr@10", "map@100", "peer@100")
+
+
+class NoisyEmbedder(VerseEmbedder):
+    """VerseEmbedder plus seeded language-blind noise per verse and language bias: topics differ."""
+
+    def __init__(self, name, noise, bias=0.0, seed=0):
+        super().__init__(bias, f"noisy-{noise}-{bias}-{seed}")
+        self.name, self.noise, self.seed = name, noise, seed
+
+    def encode(self, texts, prompt):
+        out = super().encode(texts, prompt)
+        for r, t in enumerate(texts):
+            lang, _, i = t.split()
+            rng = np.random.default_rng([self.seed, int(i), LANGS.index(lang)])
+            out[r, :30] += self.noise * rng.normal(size=30)
+        return out
+
+
+def test_intervals_over_topics_at_all_and_none_elsewhere(tmp_path):
+    from mimo_pipeline.evaluation import score_benchmark
+
+    scored = score_benchmark(NoisyEmbedder("mimo", 0.5, 1.0), benches()["mlir"], tmp_path, seed=3)
+    at_all = {r["metric"]: r for r in scored.rows if r["query_lang"] == "all"}
+    assert set(PER_QUERY) <= set(at_all) and set(scored.topics) == set(PER_QUERY)
+    for metric in PER_QUERY:
+        r = at_all[metric]
+        assert r["n_topics"] == 7  # 7 query verses, each asked in 3 languages: 7 topics, not 21 queries
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+        assert scored.topics[metric].mean() == pytest.approx(r["value"])
+    assert any(at_all[m]["ci_low"] < at_all[m]["ci_high"] for m in PER_QUERY)
+    assert (at_all["mrc@10"]["ci_low"], at_all["mrc@10"]["n_topics"]) == (None, None)  # not a per-query mean
+    others = [r for r in scored.rows if r["query_lang"] != "all"]
+    assert others and all(r["ci_low"] is None and r["ci_high"] is None and r["n_topics"] is None for r in others)
+    assert {r["seed"] for r in scored.rows} == {3}
+    assert {r["seed"] for r in evaluate_benchmark(VerseEmbedder(), benches()["mlir"], tmp_path)} == {None}
+
+
+def test_compare_models_pairs_every_model_with_mimo(tmp_path):
+    from mimo_pipeline.evaluation import evaluate_models
+    from mimo_pipeline.stats import holm
+    from mimo_pipeline.storage import TABLES
+
+    class Set:
+        names = ("translation", "mlir")
+
+        def load(self, name):
+            return benches()[name]
+
+    models = {"mimo": NoisyEmbedder("mimo", 0.5), "twin": NoisyEmbedder("twin", 0.5),
+              "biased": NoisyEmbedder("biased", 0.5, bias=3.0, seed=1)}
+    result = evaluate_models(models, Set(), tmp_path, seeds={"biased": 7})
+    cols = {c for c, _ in TABLES["eval_compare"]} - {"dagster_run_id", "created_at"}
+    assert all(set(r) == cols for r in result.compare)
+    assert {r["model"] for r in result.compare} == {"twin", "biased"}
+    assert {(r["benchmark"], r["metric"]) for r in result.compare} == {
+        (b, m) for b in Set.names for m in PER_QUERY}
+    for r in result.compare:
+        # topics: 7 query verses on mlir, 5 on translation (BenchmarkConfig(7, 21, 5))
+        assert r["reference"] == "mimo" and r["query_lang"] == "all"
+        assert r["n_topics"] == {"mlir": 7, "translation": 5}[r["benchmark"]]
+        assert r["seed"] == (7 if r["model"] == "biased" else None)
+        diff = result.value(r["model"], r["benchmark"], r["metric"]) - result.value("mimo", r["benchmark"],
+                                                                                    r["metric"])
+        assert r["delta"] == pytest.approx(diff)
+        if r["model"] == "twin":  # the same vectors under another name: no difference at all
+            assert (r["delta"], r["p_value"]) == (0.0, 1.0)
+        else:
+            assert r["ci_low"] <= r["delta"] <= r["ci_high"]
+    # Holm's family: the models compared with mimo on one (benchmark, metric)
+    family = [r for r in result.compare if (r["benchmark"], r["metric"]) == ("mlir", "ndcg@10")]
+    assert [r["p_holm"] for r in family] == holm([r["p_value"] for r in family])
+    assert evaluate_models({"twin": models["twin"]}, Set(), tmp_path).compare == ()  # no mimo, no comparison
+
+
+def test_comparison_table_shows_half_intervals_and_significance():
+    from mimo_pipeline.evaluation import EvalResult, comparison_table
+
+    def row(model, bench, task, value, ci=None):
+        r = {"model": model, "benchmark": bench, "task": task, "query_lang": "all", "metric": "ndcg@10",
+             "value": value}
+        if ci:
+            r.update(ci_low=ci[0], ci_high=ci[1])
+        return r
+
+    rows = (row("mimo", "mlir", "mlir", 0.25, (0.23, 0.27)), row("xlco", "mlir", "mlir", 0.20, (0.19, 0.22)),
+            row("old", "mlir", "mlir", 0.10),  # a row of an older run: no interval fields
+            row("mimo", "monolingual-en", "monolingual", 0.4, (0.3, 0.5)),
+            row("mimo", "monolingual-de", "monolingual", 0.2, (0.1, 0.3)))
+    compare = ({"model": "xlco", "benchmark": "mlir", "metric": "ndcg@10", "query_lang": "all", "p_holm": 0.01},
+               {"model": "old", "benchmark": "mlir", "metric": "ndcg@10", "query_lang": "all",
+                "p_holm": float("nan")})
+    header, table = comparison_table(EvalResult(rows, (), ("mimo", "xlco", "old"), 0.0, compare=compare),
+                                     metrics=("ndcg@10",))
+    assert header == ["model", "mlir ndcg@10", "monolingual ndcg@10"]
+    assert table == [["mimo", "**0.2500** ± 0.0200", "**0.3000**"],  # two benchmarks averaged: no ±
+                     ["xlco", "0.2000 ± 0.0150 †", ""],
+                     ["old", "0.1000", ""]]
