@@ -13,6 +13,7 @@ from mimo_pipeline.report import markdown_table
 from resources import MimoSettings, MlflowTracking, ModelCatalog, ResultsStore
 
 from ._meta import md_table, path_meta, png_meta
+from .teacher import PRECISION_HELP
 
 
 class BenchmarksConfig(Config):
@@ -57,6 +58,12 @@ class MlirEvalConfig(Config):
     batch_size: int = Field(default=64, description="Encoding batch size.")
     n_resamples: int = Field(default=2000, description="Bootstrap resamples and randomisation-test draws of the "
                                                        "intervals over topics and the tests against mimo (>= 1000).")
+    precision: Optional[str] = Field(default=None, description=PRECISION_HELP)
+
+
+class AuConfig(Config):
+    precision: Optional[str] = Field(
+        default=None, description=PRECISION_HELP + " Use mlir_eval's, so its cached vectors are reused.")
 
 
 @asset(
@@ -73,8 +80,9 @@ def mlir_eval(context: AssetExecutionContext, config: MlirEvalConfig, mlir_bench
               student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints, settings: MimoSettings,
               catalog: ModelCatalog, results: ResultsStore, tracking: MlflowTracking):
     s = settings.resolve()
+    precision = s.encode_precision(config.precision)
     models, only = evaluation_models(student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints,
-                                     catalog.resolve_teacher(), batch_size=config.batch_size)
+                                     catalog.resolve_teacher(), batch_size=config.batch_size, precision=precision)
     result = evaluate_models(models, mlir_benchmarks, s.home / "embed_cache",
                              EvalConfig(k=config.k, index=config.index, batch_size=config.batch_size,
                                         n_resamples=config.n_resamples), only=only)
@@ -98,6 +106,7 @@ def mlir_eval(context: AssetExecutionContext, config: MlirEvalConfig, mlir_bench
                   "dagster/row_count": MetadataValue.int(len(result.rows)),
                   "models": MetadataValue.text(" ".join(result.models)),
                   "benchmarks": MetadataValue.text(" ".join(result.benchmarks)),
+                  "precision": MetadataValue.text(_resolved(models)),
                   "seconds": MetadataValue.float(round(result.encode_seconds, 1))},
         check_results=[AssetCheckResult(check_name="metrics_in_range", passed=bool(result.rows) and not bad,
                                         metadata={"out_of_range": len(bad), "rows": len(result.rows)})],
@@ -113,11 +122,12 @@ def mlir_eval(context: AssetExecutionContext, config: MlirEvalConfig, mlir_bench
     check_specs=[AssetCheckSpec("figures_finite", asset="au_analysis")],
     io_manager_key="artifacts",
 )
-def au_analysis(context: AssetExecutionContext, mlir_benchmarks: BenchmarkSet, mlir_eval: EvalResult,
-                student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints, settings: MimoSettings,
-                catalog: ModelCatalog, results: ResultsStore, tracking: MlflowTracking):
+def au_analysis(context: AssetExecutionContext, config: AuConfig, mlir_benchmarks: BenchmarkSet,
+                mlir_eval: EvalResult, student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints,
+                settings: MimoSettings, catalog: ModelCatalog, results: ResultsStore, tracking: MlflowTracking):
     s = settings.resolve()
-    models, _ = evaluation_models(student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints, None)
+    models, _ = evaluation_models(student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints, None,
+                                  precision=s.encode_precision(config.precision))
     result = alignment_uniformity(models, mlir_benchmarks.load("mlir"), s.home / "embed_cache", s.home / "plots",
                                   mlir_eval)
     run_id = context.run.run_id
@@ -131,7 +141,7 @@ def au_analysis(context: AssetExecutionContext, mlir_benchmarks: BenchmarkSet, m
     table = [[m, f"{a:.4f}", f"{u:.4f}"] for m, a, u in _all_rows(result.rows)]
     metadata = {"alignment_uniformity": md_table(["model", "alignment", "uniformity"], table),
                 "au_plot": path_meta(result.au_plot), "dagster/row_count": MetadataValue.int(len(result.rows)),
-                "au_plot_image": png_meta(result.au_plot)}
+                "au_plot_image": png_meta(result.au_plot), "precision": MetadataValue.text(_resolved(models))}
     if result.ndcg_plot:
         metadata["ndcg_plot"] = path_meta(result.ndcg_plot)
         metadata["ndcg_plot_image"] = png_meta(result.ndcg_plot)
@@ -140,6 +150,11 @@ def au_analysis(context: AssetExecutionContext, mlir_benchmarks: BenchmarkSet, m
     return MaterializeResult(value=result, metadata=metadata,
                              check_results=[AssetCheckResult(check_name="figures_finite", passed=not bad,
                                                              metadata={"non_finite": len(bad)})])
+
+
+def _resolved(models) -> str:
+    """The resolved precision of the checkpoint models (use_m has none: it is numpy fp32)."""
+    return " ".join(sorted({m.precision for m in models.values() if hasattr(m, "precision")})) or "fp32"
 
 
 def _all_rows(rows):

@@ -9,6 +9,12 @@ padded tokens drop from 88.8k to 71.5k for 68.7k real ones (`make bench`,
 ``teacher_encode_cold``). The lengths come from one tokenizer call over all texts; each
 batch is then tokenised again, padded, exactly as before, so a sentence's vector does
 not depend on how it was batched beyond float rounding.
+
+``precision`` (`precision.PRECISIONS`): with ``bf16`` (or ``auto`` on bf16 hardware) the
+model's weights are cast to bfloat16 once at load, the forward pass runs in bf16 and the
+token vectors are pooled in float32; vectors come back float32 either way. The default
+is ``fp32`` (today's vectors, bit for bit); the pipeline's assets pass the profile's
+``precision`` (``auto``, `settings.Profile`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 import torch
 
 from .checkpoint import PoolingSpec, read_pooling_spec
+from .precision import resolve_precision, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +52,19 @@ def default_device() -> str:
 class SentenceEncoder:
     """Encode sentences with a local HF / sentence-transformers model folder."""
 
-    def __init__(self, path: str | Path, *, device: str | None = None, max_seq_length: int | None = None):
+    def __init__(self, path: str | Path, *, device: str | None = None, max_seq_length: int | None = None,
+                 precision: str = "fp32"):
         from transformers import AutoModel, AutoTokenizer
 
         self.path = Path(path)
         self.spec: PoolingSpec = read_pooling_spec(self.path)
         self.max_seq_length = min(max_seq_length or self.spec.max_seq_length, self.spec.max_seq_length)
         self.device = torch.device(device or default_device())
+        #: the resolved precision, "fp32" or "bf16" (part of every cache key of these vectors)
+        self.precision = resolve_precision(precision, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = AutoModel.from_pretrained(self.path).to(self.device).eval()
+        model = AutoModel.from_pretrained(self.path)
+        self.model = model.to(self.device, dtype=torch_dtype(self.precision)).eval()
         self.forward_passes = 0  # counted so tests can prove a cache hit does no work
 
     @property
@@ -88,7 +99,7 @@ class SentenceEncoder:
                 max_length=self.max_seq_length, return_tensors="pt",
             ).to(self.device)
             with torch.inference_mode():
-                hidden = self.model(**batch).last_hidden_state
+                hidden = self.model(**batch).last_hidden_state.float()
                 self.forward_passes += 1
                 vecs = pool(hidden, batch["attention_mask"], self.spec.mode)
                 if normalize:

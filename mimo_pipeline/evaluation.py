@@ -85,15 +85,24 @@ class Embedder(Protocol):
 
 
 class CheckpointEmbedder:
-    """A sentence-transformers / HF folder, loaded on the first cache miss only."""
+    """A sentence-transformers / HF folder, loaded on the first cache miss only.
+
+    ``precision`` (``auto``, ``fp32``, ``bf16``) is resolved here, for the device the model
+    will run on; ``fingerprint`` is then the cache key of its vectors: the checkpoint's
+    fingerprint (``model_fingerprint``) for fp32, ``<fingerprint>-bf16`` for bf16.
+    """
 
     def __init__(self, name: str, path: str | Path, fingerprint: str, *, batch_size: int = 64,
-                 device: str | None = None):
+                 device: str | None = None, precision: str = "fp32"):
         from .checkpoint import read_pooling_spec
+        from .encoder import default_device
+        from .precision import cache_fingerprint, resolve_precision
 
-        self.name, self.path, self.fingerprint = name, Path(path), fingerprint
+        self.name, self.path, self.model_fingerprint = name, Path(path), fingerprint
         self.spec = read_pooling_spec(self.path)
         self.batch_size, self.device = batch_size, device
+        self.precision = resolve_precision(precision, device or default_device())
+        self.fingerprint = cache_fingerprint(fingerprint, self.precision)
         self._encoder = None
 
     @property
@@ -112,7 +121,7 @@ class CheckpointEmbedder:
 
         if self._encoder is None:
             log.info("loading %s from %s", self.name, self.path)
-            self._encoder = SentenceEncoder(self.path, device=self.device)
+            self._encoder = SentenceEncoder(self.path, device=self.device, precision=self.precision)
         return self._encoder.encode(list(texts), prompt=prompt, batch_size=self.batch_size,
                                     progress=ProgressLog(f"encode {self.name}"))
 

@@ -49,6 +49,10 @@ class Profile:
     benchmarks: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     training: TrainingSizes = field(default_factory=TrainingSizes)
     encode_batch_size: int = 64
+    #: Precision of every no-gradient encoding pass (teacher vectors, evaluation): ``auto``
+    #: (bf16 on AMX/AVX512-BF16 CPUs and bf16 GPUs, else fp32), ``fp32`` or ``bf16``. The
+    #: one default of the assets' ``precision`` config (unset = this); see `precision`.
+    precision: str = "auto"
     translation_p1_pairs: int = 100  # held-out pairs per language for the training assets' P@1
 
 
@@ -119,6 +123,12 @@ class Settings:
     def with_corpus(self, **overrides) -> CorpusConfig:
         """The profile's corpus config with non-None overrides applied."""
         return replace(self.profile.corpus, **{k: v for k, v in overrides.items() if v is not None})
+
+    def encode_precision(self, override: str | None = None) -> str:
+        """An asset's ``precision`` config, or the profile's when unset; checked, not resolved."""
+        from .precision import check_precision
+
+        return check_precision(override if override is not None else self.profile.precision)
 
     def with_benchmarks(self, **overrides) -> BenchmarkConfig:
         """The profile's benchmark sizes with non-None overrides applied."""

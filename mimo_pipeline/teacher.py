@@ -3,7 +3,10 @@
 Stage 1 distils onto the teacher's vectors of the English side of the training pairs
 and Stage 2 onto those of the (English versions of the) query and passage verses, all
 from the training split. They are computed once per teacher and cached by text hash in
-``MIMO_HOME/teacher_cache/<teacher fingerprint>/`` (see `embedding_cache`).
+``MIMO_HOME/teacher_cache/<teacher fingerprint>/`` (see `embedding_cache`); vectors
+encoded in bf16 (``precision``, see `precision`) go to ``<teacher fingerprint>-bf16/``
+beside it, so two precisions never mix. That cache key is the handle's ``fingerprint``,
+which the training stages fold into their checkpoints' fingerprints.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import pyarrow.parquet as pq
 from .catalog import ResolvedModel
 from .checkpoint import read_pooling_spec
 from .embedding_cache import CacheReport, EmbeddingCache, fill_cache, text_key
-from .encoder import ProgressLog, SentenceEncoder
+from .encoder import ProgressLog, SentenceEncoder, default_device
+from .precision import cache_fingerprint, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +37,11 @@ class TeacherEmbeddings:
     cache_root: str
     teacher_ref: str
     teacher_path: str
-    fingerprint: str
+    fingerprint: str  # the cache key: the teacher's fingerprint, + "-bf16" for bf16 vectors
     dim: int
     normalized: bool
     report: CacheReport
+    precision: str = "fp32"  # resolved: "fp32" or "bf16"
 
     def cache(self) -> EmbeddingCache:
         return EmbeddingCache(self.cache_root, self.fingerprint, dim=self.dim)
@@ -53,10 +58,11 @@ def english_texts(corpus_path: str | Path, splits: Sequence[str] = ("train",)) -
     return list(dict.fromkeys(table["en"].to_pylist()))
 
 
-def teacher_cache_for(teacher: ResolvedModel, cache_root: str | Path) -> EmbeddingCache:
+def teacher_cache_for(teacher: ResolvedModel, cache_root: str | Path, precision: str = "fp32") -> EmbeddingCache:
+    """The teacher's cache at a *resolved* precision (``fp32``: ``<fingerprint>/``, ``bf16``: ``<fingerprint>-bf16/``)."""
     spec = read_pooling_spec(teacher.path)
-    return EmbeddingCache(cache_root, teacher.fingerprint, dim=spec.dim, model=teacher.ref,
-                          normalized=spec.normalize)
+    return EmbeddingCache(cache_root, cache_fingerprint(teacher.fingerprint, precision), dim=spec.dim,
+                          model=teacher.ref, normalized=spec.normalize)
 
 
 def build_teacher_embeddings(
@@ -67,9 +73,15 @@ def build_teacher_embeddings(
     batch_size: int = 64,
     chunk_size: int = 2048,
     device: str | None = None,
+    precision: str = "fp32",
 ) -> TeacherEmbeddings:
-    """Encode with the teacher every text not yet in its cache; load the model only if needed."""
-    cache = teacher_cache_for(teacher, cache_root)
+    """Encode with the teacher every text not yet in its cache; load the model only if needed.
+
+    ``precision`` (``auto``, ``fp32``, ``bf16``) is resolved for ``device`` and picks the cache.
+    """
+    device = device or default_device()
+    resolved = resolve_precision(precision, device)
+    cache = teacher_cache_for(teacher, cache_root, resolved)
     encoder: SentenceEncoder | None = None
     progress = ProgressLog(f"teacher {teacher.name}")
 
@@ -77,7 +89,7 @@ def build_teacher_embeddings(
         nonlocal encoder
         if encoder is None:
             log.info("loading teacher %s from %s", teacher.ref, teacher.path)
-            encoder = SentenceEncoder(teacher.path, device=device)
+            encoder = SentenceEncoder(teacher.path, device=device, precision=resolved)
         return encoder.encode(batch, batch_size=batch_size, progress=progress)
 
     report = fill_cache(cache, texts, encode, chunk_size=chunk_size)
@@ -87,7 +99,8 @@ def build_teacher_embeddings(
     spec = read_pooling_spec(teacher.path)
     return TeacherEmbeddings(
         cache_root=str(cache_root), teacher_ref=teacher.ref, teacher_path=str(teacher.path),
-        fingerprint=teacher.fingerprint, dim=spec.dim, normalized=spec.normalize, report=report,
+        fingerprint=cache.fingerprint, dim=spec.dim, normalized=spec.normalize, report=report,
+        precision=resolved,
     )
 
 
