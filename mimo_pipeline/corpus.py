@@ -68,7 +68,7 @@ import pyarrow.parquet as pq
 
 from . import bible
 from .errors import MimoInputError
-from .fileio import atomic_dir, sha256_file, write_json, write_parquet
+from .fileio import atomic_dir, check_parquet, quarantine, read_parquet, sha256_file, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -693,6 +693,14 @@ def _result_from_meta(path: Path, meta: dict) -> CorpusResult:
     )
 
 
+def _json_problem(path: Path) -> str | None:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return f"{path.name}: {e}"
+    return None
+
+
 def build_parallel_corpus_cached(config: CorpusConfig, corpus_dir: str | Path) -> CorpusResult:
     """Build the corpus once into ``corpus_dir/<config hash>/parallel.parquet``.
 
@@ -705,8 +713,11 @@ def build_parallel_corpus_cached(config: CorpusConfig, corpus_dir: str | Path) -
     folder = Path(corpus_dir) / h
     path, meta_path = folder / CORPUS_FILE, folder / META_FILE
     if path.is_file() and meta_path.is_file():
-        log.info("parallel corpus: reusing %s (config hash %s)", path, h)
-        return _result_from_meta(path, json.loads(meta_path.read_text()))
+        problem = check_parquet(path) or _json_problem(meta_path)
+        if problem is None:
+            log.info("parallel corpus: reusing %s (config hash %s)", path, h)
+            return _result_from_meta(path, json.loads(meta_path.read_text()))
+        quarantine(folder, f"this corpus is rebuilt from its source ({problem})")
 
     t0 = time.perf_counter()
     table, stats_rows = build_parallel_corpus(config)
@@ -742,12 +753,12 @@ def read_corpus(corpus_path: str | Path, split: str | None = None,
                 columns: Sequence[str] | None = None) -> pa.Table:
     """The corpus table, optionally one split and some columns."""
     filters = [("split", "=", split)] if split is not None else None
-    return pq.read_table(corpus_path, columns=list(columns) if columns else None, filters=filters)
+    return read_parquet(corpus_path, columns=list(columns) if columns else None, filters=filters)
 
 
 def corpus_languages(corpus_path: str | Path) -> tuple[str, ...]:
     """The non-English languages of a corpus, in order of first appearance."""
-    return tuple(dict.fromkeys(pq.read_table(corpus_path, columns=["lang"]).column("lang").to_pylist()))
+    return tuple(dict.fromkeys(read_parquet(corpus_path, columns=["lang"]).column("lang").to_pylist()))
 
 
 def verse_texts(corpus_path: str | Path, split: str) -> dict[str, dict[str, str]]:

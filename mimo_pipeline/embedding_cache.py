@@ -7,6 +7,11 @@ and named by the hash of their keys, so a crash loses at most the shard in fligh
 two writers never clobber each other, and a re-run encodes only what is missing.
 Vectors of two models never mix: the folder is the model's fingerprint and the
 dimension is checked on every write.
+
+Shards carry page checksums (`fileio.write_parquet`) and each is read in full, checksums
+checked, the first time a process indexes it. A shard that cannot be read (truncated,
+bit rot, a foreign file) is moved aside to ``<name>.corrupt-<UTC time>`` with a WARNING;
+its texts are then simply cache misses, so the next build re-encodes them and nothing else.
 """
 
 from __future__ import annotations
@@ -21,10 +26,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .errors import MimoInputError
-from .fileio import dir_size, write_json, write_parquet
+from .fileio import CorruptFileError, dir_size, quarantine, read_parquet, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +44,15 @@ def _shard_keys(shard: Path) -> list[str]:
     memo = (str(shard), st.st_size, st.st_mtime_ns)
     keys = _SHARD_KEYS.get(memo)
     if keys is None:
-        keys = pq.read_table(shard, columns=["text_hash"]).column(0).to_pylist()
+        # the whole shard, checksums checked: a damaged vector column is found now, not mid-run
+        keys = read_parquet(shard).column("text_hash").to_pylist()
         _SHARD_KEYS[memo] = keys
     return keys
+
+
+def _lost(shard: Path, cache_dir: Path) -> None:
+    quarantine(shard, f"the texts it held are cache misses now: the next build of {cache_dir} re-encodes "
+                      "them (and only them)")
 
 
 def text_key(text: str) -> str:
@@ -75,7 +85,12 @@ class EmbeddingCache:
         if self._index is None:
             index: dict[str, tuple[Path, int]] = {}
             for shard in self.shards():
-                for row, k in enumerate(_shard_keys(shard)):
+                try:
+                    keys = _shard_keys(shard)
+                except CorruptFileError:
+                    _lost(shard, self.dir)
+                    continue
+                for row, k in enumerate(keys):
                     index.setdefault(k, (shard, row))
             self._index = index
         return self._index
@@ -101,7 +116,15 @@ class EmbeddingCache:
             shard, row = index[k]
             by_shard.setdefault(shard, []).append((i, row))
         for shard, pairs in by_shard.items():
-            emb = pq.read_table(shard, columns=["embedding"]).column(0).combine_chunks()
+            try:
+                emb = read_parquet(shard, columns=["embedding"]).column(0).combine_chunks()
+            except (CorruptFileError, FileNotFoundError) as e:
+                # damaged since this handle indexed it: forget its keys, so a build re-encodes them
+                if not isinstance(e, FileNotFoundError):
+                    _lost(shard, self.dir)
+                self._index = None
+                raise KeyError(f"shard {shard.name} of the cache {self.dir} was lost ({e}); its texts are "
+                               "re-encoded by the next build of this cache") from e
             flat = emb.values.to_numpy(zero_copy_only=False).reshape(-1, self.dim)
             rows = np.array([r for _, r in pairs])
             out[[i for i, _ in pairs]] = flat[rows]

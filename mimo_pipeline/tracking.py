@@ -3,6 +3,12 @@
 The store is ``sqlite:///MIMO_HOME/mlflow.db`` with artifacts under
 ``MIMO_HOME/mlartifacts`` (MLflow 3's ``./mlruns`` file store is deprecated). Runs are
 named ``<model> · <teacher>`` so the MLflow UI compares them readably.
+
+``mlflow.db`` is switched to SQLite's write-ahead log (WAL, a property of the file, set once
+by the first client): readers such as ``mlflow ui`` then never block a run's writes, even
+while they hold a read transaction open (in SQLite's default rollback-journal mode one
+open read transaction makes every commit fail with "database is locked"). WAL needs a
+local file system (not NFS) for MIMO_HOME's ``mlflow.db``.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -17,6 +24,37 @@ from typing import Iterator, Mapping
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "mimo"
+
+#: Databases this process has already put into WAL mode.
+_WAL: set[str] = set()
+
+
+def ensure_wal(db_path: str | Path, timeout_s: float = 10.0) -> bool:
+    """Put an SQLite database into WAL mode (persistent in the file); False if it could not be done now.
+
+    Switching needs a moment without other connections in a transaction; if a reader holds
+    one on a database still in rollback mode, this waits up to `timeout_s`, then logs and
+    goes on (writes still work once that reader lets go).
+    """
+    db_path = str(Path(db_path).resolve())
+    if db_path in _WAL:
+        return True
+    try:
+        con = sqlite3.connect(db_path, timeout=timeout_s)
+        try:
+            mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        log.warning("could not switch %s to WAL mode (%s): a reader holding it open can delay MLflow writes",
+                    db_path, e)
+        return False
+    if str(mode).lower() != "wal":
+        log.warning("%s stays in %s journal mode (WAL unsupported here): a reader holding it open can delay "
+                    "MLflow writes", db_path, mode)
+        return False
+    _WAL.add(db_path)
+    return True
 
 
 @dataclass(frozen=True)
@@ -38,6 +76,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         Path(self.home).mkdir(parents=True, exist_ok=True)
+        ensure_wal(Path(self.home) / "mlflow.db")
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     def experiment_id(self) -> str:

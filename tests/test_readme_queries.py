@@ -55,3 +55,9 @@ def test_teachers_side_by_side(db):
     assert set(df.teacher) == {"all-MiniLM-L6-v2", "all-mpnet-base-v2"}
     mimo = df[df.model == "mimo"].set_index("teacher").mlir_ndcg_at_10
     assert mimo["all-mpnet-base-v2"] - mimo["all-MiniLM-L6-v2"] == pytest.approx(0.05)
+
+
+def test_readme_says_how_to_read_without_blocking_a_run():
+    text = (REPO / "README.md").read_text()
+    assert "duckdb -readonly data/mimo.duckdb" in text
+    assert "read_parquet('data/results/eval_metrics/*.parquet'" in text
