@@ -1,7 +1,7 @@
 """`make bench`: our pipeline's hot paths against their usual peers, side by side in one process.
 
     python -m bench.run                 # everything but --rss, about 10 minutes on 2 cores
-    python -m bench.run --only search   # one part (train, encode, search)
+    python -m bench.run --only search   # one part (encode, encode_bf16, train, search)
     python -m bench.run --rss           # also peak RSS of each smoke-profile step (subprocesses)
     python -m bench.run --only rss      # only that
 
@@ -9,7 +9,8 @@ Prints one table (ours, peer, ratio = ours / peer: higher is better for every me
 and appends each figure to ``bench_results(bench, metric, ours, peer, ratio, created_at)``
 in ``MIMO_HOME/mimo.duckdb``; the details (per-run figures, checks) go to
 ``MIMO_HOME/bench/run-<time>.json``, copied to ``latest.json``. How each comparison is
-made fair is in the docstring of its module: `bench.train_bench`, `bench.encode_bench`,
+made fair is in the docstring of its module: `bench.train_bench`, `bench.encode_bench` (also
+``encode_bf16``),
 `bench.search_bench`, `bench.rss`. The machines share their cores with other work: figures move by ±20%
 from run to run, ratios much less (the two sides take turns within each part).
 """
@@ -26,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PARTS = ("encode", "train", "search")  # the default; "rss" runs only when asked for
+PARTS = ("encode", "encode_bf16", "train", "search")  # the default; "rss" runs only when asked for
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="MIMO_HOME (default: $MIMO_HOME or <repo>/data)")
     p.add_argument("--sentences", type=int, default=2000, help="teacher encoding: English verses")
     p.add_argument("--encode-batch", type=int, default=64)
+    p.add_argument("--bf16-texts", type=int, default=512, help="encode_bf16: verses in 8 languages")
     p.add_argument("--steps", type=int, default=10, help="Stage-1 training steps per side")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--max-length", type=int, default=64)
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     home = settings.home
     log(f"MIMO_HOME {home}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
-    if "encode" in parts or "train" in parts:
+    if {"encode", "encode_bf16", "train"} & set(parts):
         import sentence_transformers  # noqa: F401
         import transformers  # noqa: F401
         from transformers import BertModel  # noqa: F401 - lazy modules resolved before any timing
@@ -96,6 +98,16 @@ def main(argv: list[str] | None = None) -> int:
                                               keep_cache=Path(tmp) / "teacher")
             rows += r
             details["encode"] = d
+        if "encode_bf16" in parts:
+            from mimo_pipeline.catalog import resolve_model
+
+            from .encode_bench import multilingual_sentences, run_encode_bf16
+
+            r, d = run_encode_bf16(multilingual_sentences(args.bf16_texts),
+                                   resolve_model(settings.student, home).path, batch_size=args.encode_batch,
+                                   window=min(0.25, args.probe_seconds))
+            rows += r
+            details["encode_bf16"] = d
         if "train" in parts:
             from mimo_pipeline.teacher import build_teacher_embeddings
 

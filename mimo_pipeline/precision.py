@@ -7,12 +7,16 @@ and AMD), or a CUDA GPU with bf16 support. ``auto`` picks bf16 there and fp32
 elsewhere. Outputs are always float32 arrays/tensors; only the arithmetic changes.
 
 Two ways to run a forward pass in bf16, measured on the student (multilingual-e5-small,
-64 verses × up to 64 tokens, 2 threads, see `make bench`, ``encode_bf16``):
+64 German verses, max 64 tokens, 2 threads, AMD EPYC with AVX512-BF16, shared cores; median
+of 10): fp32 1.34 s, bf16 weights 0.39 s, autocast 0.45 s; cosine to fp32 ≥ 0.99997 both.
 
-- cast the weights to bf16 (``model.to(torch.bfloat16)``): what `encoder.SentenceEncoder`
-  does, since it owns an inference-only model (also halves its weight memory);
+- cast the weights to bf16 (``model.to(torch.bfloat16)``): the faster one, what
+  `encoder.SentenceEncoder` does, since it owns an inference-only model (this also halves
+  its weight memory; token vectors are pooled in float32);
 - `torch.autocast` (`no_grad_precision`, `encode_no_grad`): for a model being trained,
   whose fp32 weights must stay as they are; no copy of the weights per step.
+
+`make bench` (``encode_bf16``) measures the first against fp32 on 512 verses in eight languages.
 
 Vectors of two precisions never mix: `cache_fingerprint` appends ``-bf16`` to a model's
 cache key (fp32 keeps the bare fingerprint, so caches written before this setting

@@ -176,3 +176,37 @@ def test_encoders_take_turns_at_every_forward_pass(tiny_model, tiny_encoder):
     assert switches.count == 6  # three batches a side
     assert len(baton.segments["ours"]) == 4 and len(baton.segments["peer"]) == 4
     np.testing.assert_allclose(out["ours"], out["peer"], atol=1e-5, rtol=0)
+
+
+def test_encoder_forward_flops_closed_form_and_flop_counter(tiny_encoder):
+    from bench.encode_bench import _flop_counter_check, padded_batches
+    from bench.flops import encoder_forward_flops
+
+    cfg = tiny_encoder.model.config  # H 32, F 64, 2 layers
+    assert encoder_forward_flops(cfg, [(3, 5)]) == 2 * (3 * 5 * (8 * 32 * 32 + 4 * 32 * 64) + 4 * 3 * 25 * 32)
+    assert encoder_forward_flops(cfg, [(3, 5)], attention=False) == 2 * 3 * 5 * (8 * 32 * 32 + 4 * 32 * 64)
+    assert encoder_forward_flops(cfg, [(3, 5), (2, 4)]) == (encoder_forward_flops(cfg, [(3, 5)])
+                                                           + encoder_forward_flops(cfg, [(2, 4)]))
+    texts = _texts(9, seed=5)
+    shapes = padded_batches(tiny_encoder, texts, "query", 4)
+    assert [b for b, _ in shapes] == [4, 4, 1] and [n for _, n in shapes] == sorted((n for _, n in shapes),
+                                                                                  reverse=True)
+    longest = max(len(t.split()) + 3 for t in texts)  # [CLS] query: ... [SEP]
+    assert shapes[0][1] == min(longest, 24)
+    # linear layers; the tiny BERT's pooler (2·B·H², unused by sentence encoding) adds 0.3%
+    assert _flop_counter_check(tiny_encoder, texts, "query", 4) == pytest.approx(1.0, rel=0.005)
+
+
+def test_encode_bf16_bench_rows_on_a_tiny_model(tiny_model):
+    from bench.encode_bench import run_encode_bf16
+
+    rows, details = run_encode_bf16(_texts(24, seed=7), tiny_model, batch_size=8, window=0.01, prompt="query")
+    by = {r.metric: r for r in rows}
+    assert set(by) == {"rows_per_s", "achieved_gflops", "fraction_of_peak", "matmul_gflops"}
+    assert {r.bench for r in rows} == {"encode_bf16"} <= set(BENCHES)
+    assert all(r.ours > 0 and r.peer > 0 for r in rows)
+    assert details["turns"]["bf16"] == details["turns"]["fp32"] == 4  # three batches a side: they took turns
+    assert len(details["matmul_gflops_windows"]["bf16"]) == 3
+    assert details["min_cosine_bf16_vs_fp32"] >= 0.999
+    # the same FLOPs on both sides: the GFLOP/s ratio is the rows/s ratio
+    assert by["achieved_gflops"].ratio == pytest.approx(by["rows_per_s"].ratio, rel=1e-9)
