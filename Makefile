@@ -30,14 +30,21 @@ $(VENV)/.project: pyproject.toml $(VENV)/.models
 	$(PIP) install --quiet -e '.[dev]'
 	touch $@
 
-setup: $(VENV)/.project
-	@mkdir -p $(DAGSTER_HOME)
-	@touch $(DAGSTER_HOME)/dagster.yaml
+# `source .venv/bin/activate` then sets what `dagster job execute -j full_mimo` needs (see the script).
+$(VENV)/.activate: .ci/extend-activate | $(BIN)/python
+	.ci/extend-activate $(BIN)/activate "$(CURDIR)"
+	touch $@
+
+setup: $(VENV)/.project $(VENV)/.activate
+	@mkdir -p $(DAGSTER_HOME) $(CURDIR)/.dagster_home
+	@touch $(DAGSTER_HOME)/dagster.yaml $(CURDIR)/.dagster_home/dagster.yaml
 
 run: setup
 	$(BIN)/python -m mimo_pipeline.definitions full_mimo
 
+# Debian's chromium for tests/test_ui.py: installed when missing, else one line says why not.
 test: setup
+	@.ci/ensure-chromium $(VENV)/chromium-unavailable
 	$(BIN)/python -m pytest -q
 
 # The benchmarks' peer for Stage-1 training is SentenceTransformerTrainer, which needs accelerate.

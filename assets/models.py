@@ -1,5 +1,5 @@
-from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, DataVersion, MaterializeResult,
-                     MetadataValue, ObserveResult, asset, observable_source_asset)
+from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, AutomationCondition, DataVersion,
+                     MaterializeResult, MetadataValue, ObserveResult, asset, observable_source_asset)
 
 from mimo_pipeline.stages import inspect_checkpoint
 from mimo_pipeline.student import export_checkpoint
@@ -12,7 +12,11 @@ from ._meta import path_meta
     group_name="teacher",
     description="The frozen English teacher (MIMO_TEACHER or the profile's). Its data version is the "
                 "teacher's fingerprint (a hash of its weight and tokenizer files): swapping the teacher "
-                "marks teacher_embeddings and everything downstream unsynced.",
+                "marks teacher_embeddings and everything downstream unsynced. Observed hourly while the "
+                "daemon runs (sensor follow_the_teacher), which then re-materialises what depends on a new teacher.",
+    # an observation per hour: a teacher whose files changed in place (a local folder) is found
+    # without a click; a changed MIMO_TEACHER needs `make ui` restarted, then "Observe" or this.
+    automation_condition=AutomationCondition.on_cron("0 * * * *"),
 )
 def teacher_model(catalog: ModelCatalog) -> ObserveResult:
     teacher = catalog.resolve_teacher()

@@ -1,8 +1,11 @@
 """The composition root: wires assets, resources and jobs into `defs`.
 
 The only module of the library that imports Dagster. Run the whole pipeline with
-``dagster job execute -m mimo_pipeline.definitions -j full_mimo`` or
-``dg launch --job full_mimo``; serve the UI with ``dagster dev -w workspace.yaml``.
+``dagster job execute -j full_mimo`` after ``source .venv/bin/activate`` (make setup has the
+activation set ``DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME`` to this module; without it add
+``-m mimo_pipeline.definitions``) or ``dg launch --job full_mimo``; serve the UI with
+``dagster dev -w workspace.yaml``, where the sensor ``follow_the_teacher`` re-runs what
+depends on the teacher when a new one is observed.
 ``python -m mimo_pipeline.definitions`` (what ``make run`` calls) runs ``full_mimo``
 against the instance in ``DAGSTER_HOME`` and prints a summary of what it produced.
 """
@@ -13,8 +16,10 @@ import os
 import sys
 import time
 
-from dagster import (AssetSelection, DagsterInstance, Definitions, define_asset_job, in_process_executor,
-                     load_asset_checks_from_modules, load_assets_from_modules, multiprocess_executor)
+from dagster import (AssetKey, AssetsDefinition, AssetSelection, AutomationCondition,
+                     AutomationConditionSensorDefinition, DagsterInstance, DefaultSensorStatus, Definitions,
+                     define_asset_job, in_process_executor, load_asset_checks_from_modules, load_assets_from_modules,
+                     map_asset_specs, multiprocess_executor)
 
 from assets import data, evaluation, models, teacher, training
 from resources import ArtifactIOManager, MimoSettings, MlflowTracking, ModelCatalog, ResultsStore
@@ -37,6 +42,76 @@ def _executor():
     return EXECUTORS[name]
 
 
+# ------------------------------------------------------------------ declarative automation
+# With `dagster dev` (make ui) running, a new teacher re-materialises what depends on it and
+# nothing else. teacher_model's data version is the teacher's fingerprint: an observation
+# (the UI's "Observe" on teacher_model, or the hourly one its own automation condition asks
+# for, assets/models.py) that finds a new fingerprint is an update; one that finds the same
+# teacher is not. The sensor below then requests every asset downstream of teacher_model
+# in one run: teacher_embeddings, stage1_checkpoint, stage2_checkpoint, mlir_eval, au_analysis.
+
+TEACHER = AssetKey("teacher_model")
+TEACHER_LINEAGE = AssetSelection.assets(TEACHER).downstream()  # teacher_model and its descendants
+
+
+def follows_teacher() -> AutomationCondition:
+    """True when a dependency in the teacher's lineage has a new version (a new teacher
+    fingerprint, or a descendant of the teacher materialised by another run) or will be
+    materialised on this tick; never while a dependency is missing or running. Unlike
+    `AutomationCondition.eager()`, an update outside the lineage (say, `parallel_corpus`
+    re-materialised by hand) triggers nothing, and neither does teacher_model's own scheduled
+    observation being requested: only what it finds."""
+    below_teacher = AssetSelection.assets(TEACHER).downstream(include_self=False)
+    updated = AutomationCondition.newly_updated() & ~AutomationCondition.executed_with_root_target()
+    return (
+        (AutomationCondition.any_deps_match(updated).allow(TEACHER_LINEAGE)
+         | AutomationCondition.any_deps_match(AutomationCondition.will_be_requested()).allow(below_teacher)
+         ).since_last_handled()
+        & ~AutomationCondition.any_deps_missing()
+        & ~AutomationCondition.any_deps_in_progress()
+        & ~AutomationCondition.in_progress()
+    ).with_label("follows_teacher")
+
+
+def _downstream(key: AssetKey, assets) -> set:
+    """The keys of the assets that depend on ``key``, directly or not."""
+    children = {}
+    for a in assets:
+        for spec in getattr(a, "specs", ()):
+            for dep in spec.deps:
+                children.setdefault(dep.asset_key, set()).add(spec.key)
+    found, todo = set(), [key]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def with_teacher_automation(assets):
+    """Every asset downstream of teacher_model gets `follows_teacher()` (here, by key, so that
+    no asset module needs to know the graph); the others are left as they are."""
+    keys = _downstream(TEACHER, assets)
+    condition = follows_teacher()
+
+    def attach(spec):
+        return spec.replace_attributes(automation_condition=condition) if spec.key in keys else spec
+
+    return [*map_asset_specs(attach, [a for a in assets if isinstance(a, AssetsDefinition)]),
+            *(a for a in assets if not isinstance(a, AssetsDefinition))]
+
+
+follow_the_teacher = AutomationConditionSensorDefinition(
+    "follow_the_teacher",
+    target=TEACHER_LINEAGE,
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Declarative automation of the teacher's lineage: observes teacher_model hourly, and when its "
+                "fingerprint changes re-materialises teacher_embeddings, stage1_checkpoint, stage2_checkpoint, "
+                "mlir_eval and au_analysis. Runs whenever the daemon does (dagster dev / make ui); stop it here.",
+)
+
 full_mimo = define_asset_job(
     "full_mimo",
     selection=AssetSelection.all(include_sources=True),
@@ -45,9 +120,10 @@ full_mimo = define_asset_job(
 )
 
 defs = Definitions(
-    assets=load_assets_from_modules(_MODULES),
+    assets=with_teacher_automation(load_assets_from_modules(_MODULES)),
     asset_checks=load_asset_checks_from_modules(_MODULES),
     jobs=[full_mimo],
+    sensors=[follow_the_teacher],
     executor=_executor(),  # also for the implicit asset job behind `dg launch --assets` and the UI
     resources={
         "settings": settings,

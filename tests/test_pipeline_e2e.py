@@ -1,8 +1,9 @@
 """End to end on the smoke profile with the real packaged models, through the CLI users run.
 
-`dagster job execute -m mimo_pipeline.definitions -j full_mimo` runs twice against one
-MIMO_HOME and DAGSTER_HOME: the first run builds everything, the second finds every
-cache full (teacher cache: 0 misses; checkpoints: reused).
+full_mimo runs twice against one MIMO_HOME and DAGSTER_HOME (conftest `smoke`): first the
+user's own `dagster job execute -j full_mimo` in an activated shell, which builds everything,
+then `dg launch --job full_mimo`, which finds every cache full (teacher cache: 0 misses;
+checkpoints: reused).
 """
 
 import numpy as np

@@ -7,8 +7,9 @@ run succeeds, then the `mlir_eval` asset page where the `comparison` metadata (a
 markdown table) must show the evaluation table.  Screenshots go to tests/artifacts/ui/
 (gitignored) and their paths are printed.
 
-Needs `playwright` (the `dev` extras) and `/usr/bin/chromium` (`.ci/run` installs
-Debian's chromium).  It never runs `playwright install`: no browser is downloaded.
+Needs `playwright` (the `dev` extras) and `/usr/bin/chromium` (`make test` installs
+Debian's chromium, or this test skips saying why it could not).  It never runs
+`playwright install`: no browser is downloaded.
 """
 
 import json
@@ -40,8 +41,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# Written by .ci/ensure-chromium (make test) when it could not install chromium: the reason.
+CHROMIUM_UNAVAILABLE = REPO / ".venv" / "chromium-unavailable"
 INSTALL_HINT = (
-    "run `bash .ci/run` (it installs Debian's chromium and the dev extras), or by hand: "
+    "run `make test` (it installs Debian's chromium and the dev extras), or by hand: "
     "`apt-get install -y chromium` and `.venv/bin/pip install -e '.[dev]'` (playwright); "
     "never `playwright install`"
 )
@@ -239,12 +242,16 @@ def dagster_ui(smoke):
 
 
 def _require_browser():
-    """Playwright's sync API, or a FAIL (not a skip) saying how to install it."""
+    """Playwright's sync API, or a FAIL saying how to install it. The one skip: `make test`
+    tried to install chromium (.ci/ensure-chromium) and wrote down why it could not."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as e:
         pytest.fail(f"Python playwright is not installed ({e}): {INSTALL_HINT}")
     if not os.access(CHROMIUM, os.X_OK):
+        if CHROMIUM_UNAVAILABLE.exists():
+            pytest.skip(f"{CHROMIUM} is missing and make test could not install it: "
+                        f"{CHROMIUM_UNAVAILABLE.read_text().strip()}")
         pytest.fail(f"{CHROMIUM} is missing: {INSTALL_HINT}")
     return sync_playwright
 
