@@ -47,13 +47,8 @@ test: setup
 	@.ci/ensure-chromium $(VENV)/chromium-unavailable
 	$(BIN)/python -m pytest -q
 
-# The benchmarks' peer for Stage-1 training is SentenceTransformerTrainer, which needs accelerate.
-$(VENV)/.bench: $(VENV)/.project
-	$(PIP) install --quiet accelerate==1.15.0
-	touch $@
-
 # Ours against the usual peers, side by side; BENCH_ARGS="--rss" adds peak RSS per smoke step.
-bench: setup $(VENV)/.bench
+bench: setup
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ui: setup

@@ -1,7 +1,7 @@
 from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, AutomationCondition, DataVersion,
                      MaterializeResult, MetadataValue, ObserveResult, asset, observable_source_asset)
 
-from mimo_pipeline.stages import inspect_checkpoint
+from mimo_pipeline.probe import inspect_checkpoint
 from mimo_pipeline.student import export_checkpoint
 from resources import MimoSettings, ModelCatalog
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -192,4 +192,20 @@ def plot_per_language_bars(
     ax.set_title(f"{metric_name} per language")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
+    return _save_png(fig, path)
+
+
+def loss_curve_plot(history: Sequence[dict], path: str | os.PathLike, title: str) -> Path | None:
+    """The loss terms of a training run over its steps as a PNG (None when nothing was logged)."""
+    if not history:
+        return None
+    fig = _new_figure((6, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    steps = [h["step"] for h in history]
+    for key in sorted({k for h in history for k in h} - {"step", "lr", "rows_per_s", "grad_norm"}):
+        ax.plot(steps, [h.get(key, np.nan) for h in history], label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
     return _save_png(fig, path)

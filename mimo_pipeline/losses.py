@@ -1,9 +1,18 @@
-"""MIMO's losses and the baselines', as math on embeddings only.
+"""MIMO's losses and the baselines': the math on embeddings, and sentence-transformers loss modules.
 
-Every function takes plain tensors (sentence vectors, one row per text) and returns a
-scalar tensor, or a `LossOutput` (the scalar plus per-term floats for logging). No model
-calls happen here: `training` embeds the texts and hands the vectors in, which is what
-lets `tests/test_losses.py` check every formula against hand-worked values.
+The formulas are small pure functions on plain tensors (sentence vectors, one row per
+text) returning a scalar tensor or a `LossOutput` (the scalar plus per-term floats for
+logging); `tests/test_losses.py` checks each against hand-worked values. The loss
+modules at the end wrap them for `sentence_transformers.SentenceTransformerTrainer`
+(``forward(sentence_features, labels)``), usable by any sentence-transformers user:
+
+- Stage 1 is sentence-transformers' own `EmbedDistillLoss` (see `stage1_loss`);
+- `CachedMimoLoss`, `CachedLakdaLoss`: gradient-cached through sentence-transformers'
+  `CachedLossMixin` (GradCache), so a step of ``B`` rows has ``B − 1`` in-batch negatives
+  whatever ``mini_batch_size`` bounds the memory; the ``infonce``/``xlco`` baselines use
+  sentence-transformers' `CachedMultipleNegativesRankingLoss` (same formula as `info_nce`).
+  Under torch.distributed every process gathers the others' embeddings (with gradients),
+  so the negatives are the global batch's.
 
 Notation: ``B`` rows per batch, ``q`` query vectors, ``p`` passage vectors, ``t`` the
 frozen teacher's vectors of the English versions, ``W`` the training-only projection.
@@ -91,93 +100,85 @@ def distill_loss(student_projected: Tensor, teacher: Tensor, kind: str = "cosine
         return torch.linalg.vector_norm(s - t, dim=-1).mean()
 
 
-class Projection(nn.Module):
+def make_projection(student_dim: int, teacher_dim: int, *, bias: bool = True, seed: int | None = 0) -> nn.Linear:
     """The training-only linear map ``W``: student dim -> teacher dim (``y = W·x + b``).
 
-    ``seed`` makes the initialisation independent of the global RNG (PyTorch's default
-    ``nn.Linear`` init, drawn from a private generator), so two runs that build the
-    projection at different points of a program still start from the same ``W``.
+    An ``nn.Linear``, the type `sentence_transformers.losses.EmbedDistillLoss` keeps as its
+    ``projection`` (so its ``save_projection``/``load_projection`` files carry ``W`` from
+    Stage 1 into Stage 2). ``seed`` draws PyTorch's default init (``U(±1/√in)``) from a
+    private generator, so ``W`` does not depend on the global RNG.
     """
-
-    def __init__(self, student_dim: int, teacher_dim: int, *, bias: bool = True, seed: int | None = 0):
-        super().__init__()
-        if student_dim <= 0 or teacher_dim <= 0:
-            raise MimoInputError(f"projection dims must be positive, got {student_dim} -> {teacher_dim}",
-                                 source="projection")
-        self.linear = nn.Linear(student_dim, teacher_dim, bias=bias)
-        if seed is not None:
-            g = torch.Generator().manual_seed(seed)
-            bound = 1.0 / student_dim ** 0.5  # nn.Linear's default: U(-1/sqrt(in), 1/sqrt(in))
-            with torch.no_grad():
-                self.linear.weight.copy_(torch.empty_like(self.linear.weight).uniform_(-bound, bound, generator=g))
-                if bias:
-                    self.linear.bias.copy_(torch.empty_like(self.linear.bias).uniform_(-bound, bound, generator=g))
-
-    @torch.no_grad()
-    def fit_least_squares(self, student: Tensor, teacher: Tensor, ridge: float = 1e-3) -> "Projection":
-        """Set ``W`` (and ``b``) to the ridge least-squares map from ``student`` rows to ``teacher`` rows.
-
-        ``W = argmin ‖[S 1]·[W b]ᵀ − T‖² + ridge·‖W‖²`` in closed form. Starting from this
-        map instead of a random one, the first gradients into the student carry the
-        teacher's structure rather than the projection's noise.
-        """
-        s, t = student.double(), teacher.double()
-        if self.linear.bias is not None:
-            s = torch.cat([s, torch.ones(len(s), 1, dtype=s.dtype)], dim=1)
-        reg = ridge * torch.eye(s.shape[1], dtype=s.dtype)
-        if self.linear.bias is not None:
-            reg[-1, -1] = 0.0
-        sol = torch.linalg.solve(s.T @ s + reg, s.T @ t)  # [in(+1), out]
-        self.linear.weight.copy_(sol[:self.student_dim].T.to(self.linear.weight.dtype))
-        if self.linear.bias is not None:
-            self.linear.bias.copy_(sol[-1].to(self.linear.bias.dtype))
-        return self
-
-    @property
-    def student_dim(self) -> int:
-        return self.linear.in_features
-
-    @property
-    def teacher_dim(self) -> int:
-        return self.linear.out_features
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.linear(x.to(self.linear.weight.dtype))
-
-    def save(self, path) -> None:
-        """Write the weights as safetensors (dims and bias recoverable from the shapes)."""
-        from safetensors.torch import save_file
-
-        from .fileio import atomic_path
-
-        with atomic_path(path) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
-
-    @classmethod
-    def load(cls, path) -> "Projection":
-        """Read a projection written by `save` (e.g. Stage 1's, to start Stage 2 with)."""
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-        w = state["linear.weight"]
-        proj = cls(w.shape[1], w.shape[0], bias="linear.bias" in state, seed=None)
-        proj.load_state_dict(state)
-        return proj
+    if student_dim <= 0 or teacher_dim <= 0:
+        raise MimoInputError(f"projection dims must be positive, got {student_dim} -> {teacher_dim}",
+                             source="projection")
+    linear = nn.Linear(student_dim, teacher_dim, bias=bias)
+    if seed is not None:
+        g = torch.Generator().manual_seed(seed)
+        bound = 1.0 / student_dim ** 0.5
+        with torch.no_grad():
+            linear.weight.copy_(torch.empty_like(linear.weight).uniform_(-bound, bound, generator=g))
+            if bias:
+                linear.bias.copy_(torch.empty_like(linear.bias).uniform_(-bound, bound, generator=g))
+    return linear
 
 
-def info_nce(q: Tensor, p: Tensor, scale: float = 20.0) -> Tensor:
-    """In-batch InfoNCE: ``mean_i −log( exp(scale·cos(q_i,p_i)) / Σ_j exp(scale·cos(q_i,p_j)) )``.
+@torch.no_grad()
+def fit_least_squares(linear: nn.Linear, student: Tensor, teacher: Tensor, ridge: float = 1e-3) -> nn.Linear:
+    """Set ``W`` (and ``b``) to the ridge least-squares map from ``student`` rows to ``teacher`` rows.
 
-    Row ``i`` of ``p`` is the positive of query ``i``; the other rows are its negatives.
-    ``p`` may have more rows than ``q`` (extra rows are negatives only). ``scale`` is the
-    inverse temperature (20 = temperature 0.05).
+    ``W = argmin ‖[S 1]·[W b]ᵀ − T‖² + ridge·‖W‖²`` in closed form (the bias is not
+    penalised). Starting from this map instead of a random one, the first gradients into
+    the student carry the teacher's structure rather than the projection's noise.
+    """
+    s, t = student.double(), teacher.double()
+    n_in = linear.in_features
+    if linear.bias is not None:
+        s = torch.cat([s, torch.ones(len(s), 1, dtype=s.dtype)], dim=1)
+    reg = ridge * torch.eye(s.shape[1], dtype=s.dtype)
+    if linear.bias is not None:
+        reg[-1, -1] = 0.0
+    sol = torch.linalg.solve(s.T @ s + reg, s.T @ t)  # [in(+1), out]
+    linear.weight.copy_(sol[:n_in].T.to(linear.weight.dtype))
+    if linear.bias is not None:
+        linear.bias.copy_(sol[-1].to(linear.bias.dtype))
+    return linear
+
+
+def save_projection(linear: nn.Linear, path) -> None:
+    """Write ``W`` as safetensors in `EmbedDistillLoss.save_projection`'s format, atomically."""
+    from safetensors.torch import save_file
+
+    from .fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in linear.state_dict().items()}, str(tmp))
+
+
+def load_projection(path) -> nn.Linear:
+    """Read a projection written by `save_projection` or `EmbedDistillLoss.save_projection`."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    out_dim, in_dim = state["weight"].shape
+    linear = nn.Linear(in_dim, out_dim, bias="bias" in state)
+    linear.load_state_dict(state)
+    return linear
+
+
+def info_nce(q: Tensor, p: Tensor, scale: float = 20.0, offset: int = 0) -> Tensor:
+    """In-batch InfoNCE: ``mean_i −log( exp(scale·cos(q_i,p_{o+i})) / Σ_j exp(scale·cos(q_i,p_j)) )``.
+
+    Row ``offset + i`` of ``p`` is the positive of query ``i``; every other row is a
+    negative. ``p`` may have more rows than ``q``: extra rows are negatives only, and under
+    data parallelism ``p`` is the passages gathered from every process with this
+    process' queries at ``offset``. ``scale`` is the inverse temperature (20 = 0.05).
     """
     _check_pair(q, p, "info_nce")
-    if p.shape[0] < q.shape[0]:
-        raise ValueError(f"info_nce: {q.shape[0]} queries but only {p.shape[0]} passages")
+    if p.shape[0] < offset + q.shape[0]:
+        raise ValueError(f"info_nce: {q.shape[0]} queries at offset {offset} but only {p.shape[0]} passages")
     with _fp32_ctx(q):
         scores = cos_sim_matrix(q, p) * scale
-        targets = torch.arange(q.shape[0], device=scores.device)
+        targets = torch.arange(offset, offset + q.shape[0], device=scores.device)
         return F.cross_entropy(scores, targets)
 
 
@@ -191,6 +192,7 @@ def mimo_loss(
     lam: float = 0.2,
     kind: str = "cosine",
     scale: float = 20.0,
+    offset: int = 0,
 ) -> LossOutput:
     """MIMO's Stage 2 objective.
 
@@ -199,11 +201,13 @@ def mimo_loss(
     ``q``/``p``: student vectors of the query (language a) and its positive passage
     (language b); ``q_proj``/``p_proj``: the same through the projection ``W``;
     ``t_q``/``t_p``: the teacher's vectors of their English versions. λ = 0.2 in the
-    paper. Terms: ``loss``, ``xlco``, ``distill``, ``distill_q``, ``distill_p``.
+    paper. Terms: ``loss``, ``xlco``, ``distill``, ``distill_q``, ``distill_p``. ``p`` may
+    hold passages gathered from other processes (``offset`` as in `info_nce`); the
+    projected and teacher rows are this process' own.
     """
     if not 0.0 <= lam <= 1.0:
         raise MimoInputError(f"lambda = {lam}: must be in [0, 1]", source="lambda")
-    l_xlco = info_nce(q, p, scale)
+    l_xlco = info_nce(q, p, scale, offset)
     d_q = distill_loss(q_proj, t_q, kind)
     d_p = distill_loss(p_proj, t_p, kind)
     l_distill = 0.5 * (d_q + d_p)
@@ -219,6 +223,7 @@ def lakda_loss(
     scale: float = 20.0,
     kl_scale: float = 1.0,
     detach_target: bool = False,
+    offset: int = 0,
 ) -> LossOutput:
     """LaKDA (Yang et al., MRL 2024): ``(1 − α) · L_DPR + α · KL(p_b ‖ p_a)``.
 
@@ -233,13 +238,14 @@ def lakda_loss(
     (``kl_scale = 1``) and no side is detached, so both queries and the passages get
     gradients from it. ``detach_target=True`` stops the gradient through ``p_b`` (the
     usual knowledge-distillation reading), ``kl_scale=scale`` sharpens both
-    distributions like the InfoNCE term. Terms: ``loss``, ``dpr``, ``kl``.
+    distributions like the InfoNCE term. Terms: ``loss``, ``dpr``, ``kl``. ``p`` may hold
+    passages gathered from other processes (``offset`` as in `info_nce`).
     """
     if not 0.0 <= alpha <= 1.0:
         raise MimoInputError(f"alpha = {alpha}: must be in [0, 1]", source="alpha")
     if q_a.shape != q_b.shape:
         raise ValueError(f"lakda_loss: q_a {tuple(q_a.shape)} and q_b {tuple(q_b.shape)} must be parallel")
-    l_dpr = info_nce(q_a, p, scale)
+    l_dpr = info_nce(q_a, p, scale, offset)
     with _fp32_ctx(q_a):
         log_p_a = F.log_softmax(kl_scale * cos_sim_matrix(q_a, p), dim=-1)
         log_p_b = F.log_softmax(kl_scale * cos_sim_matrix(q_b, p), dim=-1)
@@ -252,3 +258,146 @@ def lakda_loss(
 
 def _floats(**terms: Tensor) -> dict[str, float]:
     return {k: float(v.detach()) for k, v in terms.items()}
+
+
+# --------------------------------------------------------------------------- loss modules
+
+
+def _gathered(t: Tensor) -> tuple[Tensor, int]:
+    """``t`` gathered from every process (gradients flow back to each process' rows) and this
+    process' row offset in it; ``(t, 0)`` without torch.distributed."""
+    from sentence_transformers.util import all_gather_with_grad, get_rank
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t, 0
+    return all_gather_with_grad(t), get_rank() * t.shape[0]
+
+
+def stage1_loss(model, projection: nn.Linear, kind: str = "cosine"):
+    """Stage 1: sentence-transformers' `EmbedDistillLoss` with ``W`` as its projection.
+
+    Rows are ``(text, label)``: a sentence in any language (English identity rows
+    included) and the teacher's vector of its English version; the loss is
+    ``mean_i d(W·s(text_i), label_i)`` = `distill_loss`. ``projection`` (e.g. fitted by
+    `fit_least_squares`) becomes the loss' trainable ``projection``.
+    """
+    from sentence_transformers.sentence_transformer.losses import EmbedDistillLoss
+
+    if kind not in DISTILL_KINDS:
+        raise MimoInputError(f"unknown distillation distance {kind!r}: use one of {DISTILL_KINDS}",
+                             source="distill kind")
+    loss = EmbedDistillLoss(model, distance_metric=kind, projection_dim=projection.out_features)
+    loss.projection.load_state_dict(projection.state_dict())
+    return loss
+
+
+class _CachedTermsLoss:
+    """What the cached MIMO losses share: the GradCache forward and the last step's terms."""
+
+    last_terms: dict
+
+    def forward(self, sentence_features, labels: Tensor | None = None) -> Tensor:
+        sentence_features = list(sentence_features)
+        if len(sentence_features) != self.n_columns:
+            raise ValueError(f"{type(self).__name__} expects {self.n_columns} text columns "
+                             f"{self.columns}, got {len(sentence_features)}")
+        return self.forward_cached(sentence_features, labels)
+
+    def _finish(self, out: LossOutput, with_backward: bool) -> Tensor:
+        self.last_terms = dict(out.terms)
+        if with_backward:
+            out.total.backward()
+            return out.total.detach()
+        return out.total
+
+
+def _cached_mixin():
+    from sentence_transformers.base.losses.gradcache import CachedLossMixin
+
+    return CachedLossMixin
+
+
+class CachedMimoLoss(_CachedTermsLoss, _cached_mixin(), nn.Module):
+    """MIMO's Stage 2 loss, gradient-cached: `mimo_loss` over the whole batch.
+
+    Columns ``(anchor, positive)``: a query in language a and its positive passage in
+    language b ≠ a. Labels ``[B, 2, teacher_dim]``: the teacher's vectors of their English
+    versions, precomputed (the teacher never runs here). ``projection`` is Stage 1's ``W``
+    (trained on, saved with `save_projection`); ``lam`` weighs the cross-lingual InfoNCE.
+    """
+
+    columns = ("anchor", "positive")
+    n_columns = 2
+
+    def __init__(self, model, projection: nn.Linear, lam: float = 0.2, kind: str = "cosine",
+                 scale: float = 20.0, mini_batch_size: int = 32):
+        super().__init__()
+        if not 0.0 <= lam <= 1.0:
+            raise MimoInputError(f"lambda = {lam}: must be in [0, 1]", source="lambda")
+        if kind not in DISTILL_KINDS:
+            raise MimoInputError(f"unknown distillation distance {kind!r}: use one of {DISTILL_KINDS}",
+                                 source="distill kind")
+        self.model, self.projection = model, projection
+        self.lam, self.kind, self.scale, self.mini_batch_size = lam, kind, scale, mini_batch_size
+        self.last_terms = {}
+
+    def calculate_loss(self, reps, labels=None, *, with_backward: bool = False) -> Tensor:
+        if labels is None or labels.ndim != 3 or labels.shape[1] != 2:
+            raise ValueError("CachedMimoLoss needs labels [batch, 2, teacher_dim]: the teacher's vectors of the "
+                             "English query and passage")
+        q, p = torch.cat(reps[0]), torch.cat(reps[1])
+        p_all, offset = _gathered(p)
+        t = labels.to(q.device)
+        w = self.projection
+        out = mimo_loss(q, p_all, w(q.to(w.weight.dtype)), w(p.to(w.weight.dtype)), t[:, 0], t[:, 1],
+                        lam=self.lam, kind=self.kind, scale=self.scale, offset=offset)
+        return self._finish(out, with_backward)
+
+    def get_config_dict(self) -> dict:
+        return {"lam": self.lam, "distill": self.kind, "scale": self.scale, "mini_batch_size": self.mini_batch_size,
+                "projection": f"{self.projection.in_features}->{self.projection.out_features}"}
+
+
+class CachedLakdaLoss(_CachedTermsLoss, _cached_mixin(), nn.Module):
+    """The LaKDA baseline, gradient-cached: `lakda_loss` over the whole batch.
+
+    Columns ``(anchor, positive, anchor_b)``: the query in language a, its positive
+    passage in a language drawn independently of a and b, and the same query in
+    language b (the official `cached_lakda.py` layout). No labels.
+    """
+
+    columns = ("anchor", "positive", "anchor_b")
+    n_columns = 3
+
+    def __init__(self, model, alpha: float = 0.5, scale: float = 20.0, kl_scale: float = 1.0,
+                 mini_batch_size: int = 32):
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise MimoInputError(f"alpha = {alpha}: must be in [0, 1]", source="alpha")
+        self.model, self.alpha, self.scale, self.kl_scale = model, alpha, scale, kl_scale
+        self.mini_batch_size = mini_batch_size
+        self.last_terms = {}
+
+    def calculate_loss(self, reps, labels=None, *, with_backward: bool = False) -> Tensor:
+        q_a, p, q_b = (torch.cat(r) for r in reps)
+        p_all, offset = _gathered(p)
+        out = lakda_loss(q_a, q_b, p_all, alpha=self.alpha, scale=self.scale, kl_scale=self.kl_scale,
+                         offset=offset)
+        return self._finish(out, with_backward)
+
+    def get_config_dict(self) -> dict:
+        return {"alpha": self.alpha, "scale": self.scale, "kl_scale": self.kl_scale,
+                "mini_batch_size": self.mini_batch_size}
+
+
+def contrastive_loss(model, scale: float = 20.0, mini_batch_size: int = 32):
+    """The ``infonce``/``xlco`` baselines: sentence-transformers' `CachedMultipleNegativesRankingLoss`
+    (cosine × ``scale``, in-batch negatives gathered across processes) = `info_nce`."""
+    import torch.distributed as dist
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return CachedMultipleNegativesRankingLoss(model, scale=scale, mini_batch_size=mini_batch_size,
+                                              gather_across_devices=distributed)

@@ -1,8 +1,10 @@
 """Stage-2 query–passage pairs: a training verse and one of its cross-references.
 
 Each pair carries both verses in the two languages of an ordered language pair
-(a, b), a != b, drawn uniformly from the corpus languages plus English, and the
-English versions that the teacher embeds. The objectives pick what they need:
+(a, b), a != b, drawn uniformly from the corpus languages plus English, the passage
+in a third language c drawn independently of a and b (LaKDA's, as in the official
+``cached_lakda.py`` setup), and the English versions that the teacher embeds. The
+objectives pick what they need:
 
 ==========  =================================================================
 objective   texts used
@@ -10,7 +12,7 @@ objective   texts used
 mimo        query in a, passage in b; teacher vectors of q_en and p_en
 xlco        query in a, passage in b
 infonce     query in a, passage in a (same language)
-lakda       query in a and in b, passage in b
+lakda       query in a and in b, passage in c
 ==========  =================================================================
 """
 
@@ -25,14 +27,15 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .errors import MimoInputError
-from .fileio import write_parquet
+from .fileio import CorruptFileError, quarantine, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("q_verse", "p_verse", "lang_a", "lang_b", "q_a", "q_b", "p_a", "p_b", "q_en", "p_en")
+COLUMNS = ("q_verse", "p_verse", "lang_a", "lang_b", "lang_c", "q_a", "q_b", "p_a", "p_b", "p_c", "q_en", "p_en")
+#: Bumped when the rows a config gives change (2: the independent passage language c).
+PAIRS_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class PairsResult:
     pairs_by_lang_pair: dict[tuple[str, str], int]
 
     def english_texts(self) -> list[str]:
-        t = pq.read_table(self.path, columns=["q_en", "p_en"])
+        t = read_parquet(self.path, columns=["q_en", "p_en"])
         return list(dict.fromkeys(t["q_en"].to_pylist() + t["p_en"].to_pylist()))
 
 
@@ -79,9 +82,10 @@ def make_pairs(
     rows = []
     for q, p in links:
         a, b = ordered[rng.randrange(len(ordered))]
+        c = langs[rng.randrange(len(langs))]
         vq, vp = verses[q], verses[p]
-        rows.append({"q_verse": q, "p_verse": p, "lang_a": a, "lang_b": b, "q_a": vq[a], "q_b": vq[b],
-                     "p_a": vp[a], "p_b": vp[b], "q_en": vq["en"], "p_en": vp["en"]})
+        rows.append({"q_verse": q, "p_verse": p, "lang_a": a, "lang_b": b, "lang_c": c, "q_a": vq[a], "q_b": vq[b],
+                     "p_a": vp[a], "p_b": vp[b], "p_c": vp[c], "q_en": vq["en"], "p_en": vp["en"]})
     return rows
 
 
@@ -95,12 +99,18 @@ def build_retrieval_pairs(
     source_key: str = "",
 ) -> PairsResult:
     """Write the pairs to ``out_dir/<hash>/pairs.parquet`` once (content-addressed) and describe them."""
-    key = hashlib.sha256(json.dumps([source_key, sorted(languages), asdict(config)]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([source_key, sorted(languages), asdict(config), PAIRS_FORMAT]).encode()).hexdigest()[:16]
     path = Path(out_dir) / key / "pairs.parquet"
+    table = None
     if path.exists():
-        log.info("retrieval pairs %s already built", path)
-        table = pq.read_table(path, columns=["lang_a", "lang_b"])
-        rows = [dict(zip(("lang_a", "lang_b"), r)) for r in zip(*(table[c].to_pylist() for c in table.column_names))]
+        try:
+            table = read_parquet(path)
+            log.info("retrieval pairs %s already built", path)
+        except CorruptFileError as e:
+            quarantine(path, f"the pairs are rebuilt ({e.reason})")
+    if table is not None:
+        rows = [dict(zip(("lang_a", "lang_b"), r)) for r in zip(table["lang_a"].to_pylist(),
+                                                                 table["lang_b"].to_pylist())]
     else:
         rows = make_pairs(verses, cross_refs, languages, config)
         write_parquet(pa.table({c: pa.array([r[c] for r in rows], pa.string()) for c in COLUMNS}), path)
@@ -113,7 +123,7 @@ def build_retrieval_pairs(
 
 def read_pairs(path: str | Path) -> list[dict]:
     """The pairs as a list of dicts (column -> string)."""
-    return pq.read_table(path).to_pylist()
+    return read_parquet(path).to_pylist()
 
 
 def build_retrieval_pairs_from_corpus(corpus, out_dir: str | Path, config: PairsConfig = PairsConfig()) -> PairsResult:

@@ -1,15 +1,26 @@
 """The trained models of the pipeline: Stage 1, Stage 2 (``mimo``) and the teacher-free baselines.
 
-Each function here is what one training asset calls: it builds the batches from the
-corpus or the retrieval pairs, trains with `training.train`, and writes a
-sentence-transformers checkpoint to ``models/<model>/<fingerprint>/``. The fingerprint
-hashes everything that shapes the weights (initial model, teacher, data, settings), so
+Orchestration only. Each function here is what one training asset calls: it lays the
+training rows out in order as a `datasets.Dataset` (text columns, and the teacher's
+cached vectors as the ``label`` column: the teacher never runs during training), builds
+the loss module (`losses`), trains with `trainer.fit` (SentenceTransformerTrainer) and
+writes a sentence-transformers checkpoint to ``models/<model>/<fingerprint>/``. The
+fingerprint hashes everything that shapes the weights (initial model, teacher, data,
+settings, ``batch_size`` and ``mini_batch_size`` included), so
 
 - a re-run with the same inputs finds the folder and trains nothing;
-- a crash leaves the resumable state in ``models/<model>/.work-<fingerprint>/`` and the
-  re-run continues from it (same final weights as an uninterrupted run);
+- a crash leaves the trainer's checkpoints in ``models/<model>/.work-<fingerprint>/`` and
+  the re-run resumes from the last one (same final weights as an uninterrupted run);
 - the training-only projection ``W`` is kept beside the folder
-  (``<fingerprint>.projection.safetensors``), never inside it.
+  (``<fingerprint>.projection.safetensors``, `EmbedDistillLoss.save_projection`'s format),
+  never inside it.
+
+Prompts, one convention for every stage: queries get the student's ``query`` prompt,
+passages its ``document`` prompt (e5: ``"query: "`` / ``"passage: "``), as in evaluation;
+Stage 1's parallel sentences, the least-squares fit of ``W`` and the held-out P@1 probe
+use the ``query`` prompt (e5's advice for symmetric tasks such as bitext mining), so the
+``W`` that Stage 2 starts from was fitted and trained on the inputs Stage 2 feeds it for
+queries.
 """
 
 from __future__ import annotations
@@ -17,46 +28,56 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .checkpoint import read_pooling_spec
 from .errors import MimoInputError
-from .fileio import write_json
-from .losses import DISTILL_KINDS, Projection
+from .fileio import atomic_dir, write_json
+from .losses import (DISTILL_KINDS, CachedLakdaLoss, CachedMimoLoss, contrastive_loss, fit_least_squares,
+                     load_projection, make_projection, save_projection, stage1_loss)
 from .pairs import read_pairs
 from .student import ModelCheckpoint
 from .teacher import TeacherEmbeddings
-from .training import (DistillBatch, LakdaBatch, PairBatch, TrainableEncoder, TrainConfig, infonce_objective,
-                       distributed_world, lakda_objective, mimo_objective, stage1_objective, train,
-                       xlco_objective)
+from .trainer import TrainConfig, distributed_world, fit, load_student
 
 log = logging.getLogger(__name__)
 
 #: Bumped when the training code changes what a fingerprint's weights would be.
 #: 2: Stage 1's least-squares W is fitted on rows the training steps never draw.
-TRAINING_CODE_VERSION = "2"
+#: 3: SentenceTransformerTrainer with gradient caching; one prompt convention; English identity
+#:    rows as data; LaKDA's passage language drawn independently.
+TRAINING_CODE_VERSION = "3"
 BASELINES = ("infonce", "xlco", "lakda")
 PROJECTION_INITS = ("random", "lstsq")
+
+# The paper's settings (DESIGN §1); the Dagster configs read their defaults from here.
+STAGE1_LR = 1e-4
+STAGE2_LR = 2e-5
+LAMBDA = 0.2
+ALPHA = 0.5
+STAGE1_PROMPT = "query"
+DEFAULT_SEED = 13
+#: Stage 1's quality gate: held-out translation P@1 may fall at most this far below the base student's.
+P1_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One model's training: the loop's settings plus the loss' own."""
+    """One model's training: the trainer's settings plus the loss' and the data's own."""
 
     train: TrainConfig
     distill: str = "cosine"  # cosine | mse | l2
-    lam: float = 0.2  # Stage 2: weight of the cross-lingual InfoNCE
-    alpha: float = 0.5  # LaKDA: weight of the KL term
-    projection_init: str = "random"  # Stage 1's W: "random" (the paper) or "lstsq" (fitted to the frozen student)
-    projection_fit_rows: int = 512  # "lstsq": rows (x and en sides: twice the vectors) the fit uses
-    projection_ridge: float = 10.0  # "lstsq": ridge penalty; measured out of sample (README), 10 beats 1e-3
+    lam: float = LAMBDA  # Stage 2: weight of the cross-lingual InfoNCE
+    alpha: float = ALPHA  # LaKDA: weight of the KL term
+    projection_init: str = "lstsq"  # Stage 1's W: "lstsq" (fitted to the frozen student) or "random" (the paper)
+    projection_fit_rows: int = 512  # "lstsq": rows the fit uses (rows training never draws)
+    projection_ridge: float = 10.0  # "lstsq": ridge penalty; measured out of sample (README)
+    english_share: float | None = None  # Stage 1: share of English identity rows; None = one per English sentence
 
     def __post_init__(self):
         if self.distill not in DISTILL_KINDS:
@@ -64,15 +85,18 @@ class StageConfig:
                                  source="distill")
         if not 0.0 <= self.lam <= 1.0:
             raise MimoInputError(f"{self.lam} is outside [0, 1]; set lam (the weight of the cross-lingual "
-                                 f"InfoNCE) to a number from 0 to 1, e.g. the paper's 0.2", source="lam")
+                                 f"InfoNCE) to a number from 0 to 1, e.g. the paper's {LAMBDA}", source="lam")
         if not 0.0 <= self.alpha <= 1.0:
             raise MimoInputError(f"{self.alpha} is outside [0, 1]; set alpha (LaKDA's KL weight) to a number "
-                                 f"from 0 to 1, e.g. 0.5", source="alpha")
+                                 f"from 0 to 1, e.g. {ALPHA}", source="alpha")
         if self.projection_init not in PROJECTION_INITS:
             raise MimoInputError(f"{self.projection_init!r}: use one of {PROJECTION_INITS}", source="projection_init")
         if not self.projection_ridge >= 0.0:
             raise MimoInputError(f"{self.projection_ridge!r}: projection_ridge is a penalty, use a number >= 0",
                                  source="projection_ridge")
+        if self.english_share is not None and not 0.0 <= self.english_share < 1.0:
+            raise MimoInputError(f"{self.english_share!r}: english_share is a fraction of the rows in [0, 1), or "
+                                 "unset for one identity row per English sentence", source="english_share")
 
 
 @dataclass(frozen=True)
@@ -83,12 +107,13 @@ class TrainedModel:
     projection_path: str | None
     steps: int
     wall_s: float
-    pairs_per_s: float
+    rows_per_s: float
     final_terms: dict
     history: list = field(default_factory=list)
     resumed_from_step: int = 0
     reused: bool = False  # the checkpoint existed: nothing was trained
     config: dict = field(default_factory=dict)
+    translation_p1: dict = field(default_factory=dict)  # held-out en↔X P@1 of the trained model
 
 
 def _fingerprint(*parts) -> str:
@@ -104,9 +129,15 @@ def _order(n_rows: int, n_needed: int, seed: int) -> np.ndarray:
     return np.concatenate([rng.permutation(n_rows) for _ in range(epochs)])[:n_needed]
 
 
+def _prompt(init: ModelCheckpoint, kind: str) -> str:
+    return (init.prompts or {}).get(kind, "")
+
+
 def _run(name: str, init: ModelCheckpoint, fingerprint: str, models_dir: str | Path, cfg: StageConfig,
-         objective, batch_at: Callable[[int], object], projection: Projection | None,
-         on_log: Callable[[dict], None] | None) -> TrainedModel:
+         build_loss: Callable, dataset, prompts: dict[str, str], on_log, *, p1_corpus=None,
+         card: dict | None = None) -> TrainedModel:
+    from .probe import translation_p_at_1
+
     dest = Path(models_dir) / name / fingerprint
     proj_path = Path(models_dir) / name / f"{fingerprint}.projection.safetensors"
     summary_path = Path(models_dir) / name / f"{fingerprint}.training.json"
@@ -116,66 +147,128 @@ def _run(name: str, init: ModelCheckpoint, fingerprint: str, models_dir: str | P
         log.info("%s: checkpoint %s exists, nothing to train", name, dest)
         s = json.loads(summary_path.read_text())
         return TrainedModel(ckpt, str(proj_path) if proj_path.exists() else None, s["steps"], s["wall_s"],
-                            s["pairs_per_s"], s["final_terms"], s["history"], 0, True, s["config"])
+                            s["rows_per_s"], s["final_terms"], s["history"], 0, True, s["config"],
+                            s.get("translation_p1", {}))
     work = Path(models_dir) / name / f".work-{fingerprint}"
-    model = TrainableEncoder(init.path, max_length=cfg.train.max_length)
-    log.info("%s: training %d steps of %d rows from %s", name, cfg.train.steps, cfg.train.batch_size, init.path)
-    result = train(model, objective, batch_at, cfg.train, work,
-                   extra_params=[projection] if projection is not None else [], on_log=on_log)
+    model = load_student(init.path, cfg.train)
+    loss = build_loss(model)
+    t = cfg.train
+    log.info("%s: training %d steps of %d rows (mini-batches of %d) from %s", name, t.steps, t.batch_size,
+             t.chunk, init.path)
+    result = fit(model, loss, dataset, t, work, prompts=prompts, on_log=on_log)
     config = {"stage": asdict(cfg), "init": init.path, "fingerprint": fingerprint}
+    p1 = {}
+    projection = getattr(loss, "projection", None)
     if distributed_world()[0] == 0:  # with torch.distributed, rank 0 writes
+        if p1_corpus is not None:  # held-out en↔X P@1 of the model in memory, for the card and the gate
+            p1 = translation_p_at_1(model, p1_corpus, split="eval", per_language=(card or {}).get("p1_pairs", 100))
         if projection is not None:
-            projection.save(proj_path)
-        model.save(dest)
-        write_json({"steps": result.steps, "wall_s": result.wall_s, "pairs_per_s": result.pairs_per_s,
-                    "final_terms": result.final_terms, "history": result.history, "config": config}, summary_path)
-        shutil.rmtree(work, ignore_errors=True)  # the checkpoint is complete: the resumable state is spent
+            save_projection(projection, proj_path)
+        with atomic_dir(dest) as tmp:
+            model.save(str(tmp))
+            _append_card(tmp / "README.md", name, cfg, init, card or {}, result, p1)
+        write_json({"steps": result.steps, "wall_s": result.wall_s, "rows_per_s": result.rows_per_s,
+                    "final_terms": result.final_terms, "history": result.history, "config": config,
+                    "translation_p1": p1}, summary_path)
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)  # the checkpoint is complete: the trainer state is spent
     return TrainedModel(ckpt, str(proj_path) if projection is not None else None, result.steps, result.wall_s,
-                        result.pairs_per_s, result.final_terms, result.history, result.resumed_from_step, False,
-                        config)
+                        result.rows_per_s, result.final_terms, result.history, result.resumed_from_step, False,
+                        config, p1)
 
 
-def train_stage1(init: ModelCheckpoint, corpus_path: str | Path, teacher: TeacherEmbeddings, cfg: StageConfig,
-                 models_dir: str | Path, *, on_log=None) -> TrainedModel:
-    """Stage 1: distil ``W·s(x)`` and ``W·s(en)`` onto ``T(en)`` over the corpus' training pairs."""
+def _append_card(path: Path, name: str, cfg: StageConfig, init: ModelCheckpoint, card: dict, result, p1) -> None:
+    """The pipeline's section of the model card: recipe, teacher, data, seed, held-out figures."""
+    t = cfg.train
+    lines = ["", "## MIMO pipeline", "",
+             f"- model: `{name}`; recipe: {card.get('recipe', name)}",
+             f"- initial model: `{init.path}`",
+             f"- teacher: `{card.get('teacher', 'none (teacher-free)')}`",
+             f"- data: {card.get('data', '')}",
+             f"- seed {t.seed}; {t.steps} steps × {t.batch_size} rows (gradient-cache mini-batches of {t.chunk}); "
+             f"lr {t.lr}, warmup {t.warmup_ratio}, max length {t.max_length}, "
+             f"word embeddings {'frozen' if t.freeze_word_embeddings else 'trained'}",
+             f"- final loss terms: " + ", ".join(f"{k} {v:.4f}" for k, v in result.final_terms.items()
+                                                 if k not in ("lr", "rows_per_s", "grad_norm"))]
+    if p1:
+        lines.append("- held-out en↔X translation P@1 (New Testament): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in sorted(p1.items())))
+    text = path.read_text() if path.exists() else f"# {name}\n"
+    path.write_text(text.rstrip() + "\n" + "\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------- Stage 1
+
+
+@dataclass(frozen=True)
+class Stage1Rows:
+    """Stage 1's rows: every (text, English) pair of the training split plus English identity rows."""
+
+    texts: list[str]
+    english: list[str]
+    n_identity: int
+
+
+def stage1_rows(corpus_path: str | Path, english_share: float | None, seed: int) -> Stage1Rows:
+    """The corpus' training pairs (sentence in X, its English) plus English identity rows
+    (English, English), as the official data preparation adds them: by default one per
+    distinct English sentence; with ``english_share`` = s, ``s/(1−s)`` of the X rows."""
     table = pq.read_table(corpus_path, columns=["text", "en", "split"])
     table = table.filter(pc.equal(table["split"], "train"))
     texts, english = table["text"].to_pylist(), table["en"].to_pylist()
+    distinct = list(dict.fromkeys(english))
+    if english_share is None:
+        identity = distinct
+    else:
+        n = int(round(english_share / (1.0 - english_share) * len(texts)))
+        rng = np.random.default_rng(seed)
+        identity = [distinct[i] for i in _order(len(distinct), n, int(rng.integers(2**31)))] if n else []
+    return Stage1Rows(texts + identity, english + identity, len(identity))
+
+
+def train_stage1(init: ModelCheckpoint, corpus_path: str | Path, teacher: TeacherEmbeddings, cfg: StageConfig,
+                 models_dir: str | Path, *, on_log=None, p1_corpus=None, card: dict | None = None) -> TrainedModel:
+    """Stage 1: distil ``W·s(text)`` onto ``T(en)`` over the corpus' training pairs and English identity rows."""
+    from datasets import Dataset
+
     t = cfg.train
-    order = _order(len(texts), t.steps * t.grad_accum * t.batch_size, t.seed)
-    needed = list(dict.fromkeys(english[i] for i in order))
-    vec_of = dict(zip(needed, teacher.vectors(needed)))
+    rows = stage1_rows(corpus_path, cfg.english_share, t.seed)
+    order = _order(len(rows.texts), t.steps * t.batch_size, t.seed)
     fp = _fingerprint("stage1", TRAINING_CODE_VERSION, init.fingerprint, teacher.fingerprint,
                       Path(corpus_path).parent.name, asdict(cfg))
-
-    def batch_at(i: int) -> DistillBatch:
-        rows = order[i * t.batch_size:(i + 1) * t.batch_size]
-        en = [english[r] for r in rows]
-        return DistillBatch([texts[r] for r in rows], en, np.stack([vec_of[e] for e in en]))
-
-    projection = Projection(init.dim, teacher.dim, seed=t.seed)
     dest_exists = (Path(models_dir) / "stage1" / fp / "modules.json").exists()
-    if cfg.projection_init == "lstsq" and not dest_exists:
-        _fit_projection(projection, init, texts, english, teacher,
-                        _fit_rows(len(texts), order, cfg.projection_fit_rows, t.seed), t.max_length,
-                        cfg.projection_ridge)
-    return _run("stage1", init, fp, models_dir, cfg, stage1_objective(projection, kind=cfg.distill), batch_at,
-                projection, on_log)
+    dataset = None
+    projection = make_projection(init.dim, teacher.dim, seed=t.seed)
+    if not dest_exists:
+        english = [rows.english[i] for i in order]
+        needed = list(dict.fromkeys(english))
+        vec_of = dict(zip(needed, teacher.vectors(needed)))
+        dataset = Dataset.from_dict({"text": [rows.texts[i] for i in order],
+                                     "label": np.stack([vec_of[e] for e in english]).tolist()})
+        if cfg.projection_init == "lstsq":
+            fit_projection(projection, init, rows, teacher, _fit_rows(len(rows.texts), order, cfg.projection_fit_rows,
+                                                                      t.seed), t.max_length, cfg.projection_ridge)
+    card = {"recipe": f"Stage 1: EmbedDistillLoss ({cfg.distill}) through W "
+                      f"({cfg.projection_init} init), English identity rows {rows.n_identity} of {len(rows.texts)}",
+            "data": f"parallel corpus `{corpus_path}` (training split)", **(card or {})}
+    return _run("stage1", init, fp, models_dir, cfg, lambda m: stage1_loss(m, projection, cfg.distill), dataset,
+                {"text": _prompt(init, STAGE1_PROMPT)}, on_log, p1_corpus=p1_corpus, card=card)
 
 
-def _fit_projection(projection: Projection, init: ModelCheckpoint, texts, english, teacher: TeacherEmbeddings,
-                    rows: np.ndarray, max_length: int, ridge: float) -> None:
-    """``W`` by least squares from the frozen student's vectors of both sides to the teacher's."""
+def fit_projection(projection, init: ModelCheckpoint, rows: Stage1Rows, teacher: TeacherEmbeddings,
+                   fit_rows: np.ndarray, max_length: int, ridge: float) -> None:
+    """``W`` by least squares from the frozen student's vectors of ``fit_rows`` (Stage 1's
+    prompt) to the teacher's vectors of their English versions."""
     import torch
 
     from .encoder import SentenceEncoder
 
     encoder = SentenceEncoder(init.path, max_seq_length=max_length)
-    en = [english[r] for r in rows]
-    s = np.concatenate([encoder.encode([texts[r] for r in rows]), encoder.encode(en)])
-    t = np.concatenate([teacher.vectors(en)] * 2)
-    projection.fit_least_squares(torch.from_numpy(s), torch.from_numpy(t), ridge=ridge)
-    log.info("stage1: projection fitted by least squares (ridge %g) on %d vectors", ridge, len(s))
+    s = encoder.encode([rows.texts[r] for r in fit_rows], prompt=STAGE1_PROMPT)
+    t = teacher.vectors([rows.english[r] for r in fit_rows])
+    fit_least_squares(projection, torch.from_numpy(np.asarray(s)), torch.from_numpy(np.asarray(t)), ridge=ridge)
+    log.info("stage1: projection fitted by least squares (ridge %g) on %d rows", ridge, len(fit_rows))
 
 
 def _fit_rows(n_rows: int, drawn: np.ndarray, n_fit: int, seed: int) -> np.ndarray:
@@ -191,137 +284,107 @@ def _fit_rows(n_rows: int, drawn: np.ndarray, n_fit: int, seed: int) -> np.ndarr
     return rows
 
 
-def _pairs_order(pairs_path: str | Path, cfg: StageConfig) -> tuple[list[dict], np.ndarray]:
+# --------------------------------------------------------------------------- Stage 2 and baselines
+
+
+def _pairs_order(pairs_path: str | Path, cfg: StageConfig) -> list[dict]:
     rows = read_pairs(pairs_path)
     t = cfg.train
     if t.batch_size > len(rows):
         raise MimoInputError(f"batch size {t.batch_size} exceeds the {len(rows)} retrieval pairs in {pairs_path}; "
                              f"lower batch_size to at most {len(rows)} or build more pairs", source="batch_size")
-    return rows, _order(len(rows), t.steps * t.grad_accum * t.batch_size, t.seed)
+    return [rows[i] for i in _order(len(rows), t.steps * t.batch_size, t.seed)]
 
 
 def train_stage2(init: ModelCheckpoint, init_projection: str | None, pairs_path: str | Path,
-                 teacher: TeacherEmbeddings, cfg: StageConfig, models_dir: str | Path, *, on_log=None) -> TrainedModel:
+                 teacher: TeacherEmbeddings, cfg: StageConfig, models_dir: str | Path, *, name: str = "mimo",
+                 on_log=None, p1_corpus=None, card: dict | None = None) -> TrainedModel:
     """Stage 2 (``mimo``): λ·cross-lingual InfoNCE + (1−λ)·distillation, from Stage 1 and its ``W``."""
-    rows, order = _pairs_order(pairs_path, cfg)
+    from datasets import Dataset
+
     t = cfg.train
     if init_projection:  # checked before any teacher vector is read or any model loaded
-        projection = Projection.load(init_projection)
-        if projection.teacher_dim != teacher.dim or projection.student_dim != init.dim:
+        projection = load_projection(init_projection)
+        if projection.out_features != teacher.dim or projection.in_features != init.dim:
             raise MimoInputError(
-                f"Stage 1's projection maps {projection.student_dim}->{projection.teacher_dim} but the student is "
+                f"Stage 1's projection maps {projection.in_features}->{projection.out_features} but the student is "
                 f"{init.dim}-d and the teacher {teacher.dim}-d: re-materialise stage1_checkpoint with this teacher",
                 source=init_projection)
     else:
-        projection = Projection(init.dim, teacher.dim, seed=t.seed)
-    used = [rows[i] for i in order]
-    needed = list(dict.fromkeys([r["q_en"] for r in used] + [r["p_en"] for r in used]))
-    vec_of = dict(zip(needed, teacher.vectors(needed)))
-    fp = _fingerprint("mimo", TRAINING_CODE_VERSION, init.fingerprint, teacher.fingerprint,
+        projection = make_projection(init.dim, teacher.dim, seed=t.seed)
+    used = _pairs_order(pairs_path, cfg)
+    fp = _fingerprint(name, TRAINING_CODE_VERSION, init.fingerprint, teacher.fingerprint,
                       Path(pairs_path).parent.name, asdict(cfg))
-
-    def batch_at(i: int) -> PairBatch:
-        b = used[i * t.batch_size:(i + 1) * t.batch_size]
-        return PairBatch([r["q_a"] for r in b], [r["p_b"] for r in b],
-                         np.stack([vec_of[r["q_en"]] for r in b]), np.stack([vec_of[r["p_en"]] for r in b]))
-
-    objective = mimo_objective(projection, lam=cfg.lam, kind=cfg.distill)
-    return _run("mimo", init, fp, models_dir, cfg, objective, batch_at, projection, on_log)
+    dataset = None
+    if not (Path(models_dir) / name / fp / "modules.json").exists():
+        needed = list(dict.fromkeys([r["q_en"] for r in used] + [r["p_en"] for r in used]))
+        vec_of = dict(zip(needed, teacher.vectors(needed)))
+        dataset = Dataset.from_dict({
+            "anchor": [r["q_a"] for r in used], "positive": [r["p_b"] for r in used],
+            "label": np.stack([np.stack([vec_of[r["q_en"]], vec_of[r["p_en"]]]) for r in used]).tolist()})
+    card = {"recipe": f"Stage 2: {cfg.lam}·cross-lingual InfoNCE + {1 - cfg.lam:g}·distillation ({cfg.distill}) "
+                      f"through Stage 1's W, gradient-cached", "data": f"retrieval pairs `{pairs_path}`",
+            **(card or {})}
+    return _run(name, init, fp, models_dir, cfg,
+                lambda m: CachedMimoLoss(m, projection, lam=cfg.lam, kind=cfg.distill, mini_batch_size=t.chunk),
+                dataset, {"anchor": _prompt(init, "query"), "positive": _prompt(init, "document")}, on_log,
+                p1_corpus=p1_corpus, card=card)
 
 
 def train_baseline(name: str, init: ModelCheckpoint, pairs_path: str | Path, cfg: StageConfig,
-                   models_dir: str | Path, *, on_log=None) -> TrainedModel:
-    """A teacher-free baseline on the Stage-2 pairs and schedule: ``infonce``, ``xlco`` or ``lakda``."""
+                   models_dir: str | Path, *, on_log=None, p1_corpus=None, card: dict | None = None) -> TrainedModel:
+    """A teacher-free baseline on the Stage-2 pairs: ``infonce``, ``xlco`` or ``lakda``."""
+    from datasets import Dataset
+
     if name not in BASELINES:
         raise MimoInputError(f"unknown baseline {name!r}; use one of {BASELINES}", source="baseline")
-    rows, order = _pairs_order(pairs_path, cfg)
     t = cfg.train
-    used = [rows[i] for i in order]
+    used = _pairs_order(pairs_path, cfg)
     fp = _fingerprint(name, TRAINING_CODE_VERSION, init.fingerprint, Path(pairs_path).parent.name, asdict(cfg))
+    columns = {"infonce": {"anchor": "q_a", "positive": "p_a"},  # same-language pairs
+               "xlco": {"anchor": "q_a", "positive": "p_b"},
+               "lakda": {"anchor": "q_a", "positive": "p_c", "anchor_b": "q_b"}}[name]
+    dataset = Dataset.from_dict({col: [r[key] for r in used] for col, key in columns.items()})
+    build = {"infonce": lambda m: contrastive_loss(m, mini_batch_size=t.chunk),
+             "xlco": lambda m: contrastive_loss(m, mini_batch_size=t.chunk),
+             "lakda": lambda m: CachedLakdaLoss(m, alpha=cfg.alpha, mini_batch_size=t.chunk)}[name]
+    recipe = {"infonce": "in-batch InfoNCE on same-language pairs (CachedMultipleNegativesRankingLoss)",
+              "xlco": "cross-lingual InfoNCE (CachedMultipleNegativesRankingLoss)",
+              "lakda": f"LaKDA: {1 - cfg.alpha:g}·DPR + {cfg.alpha:g}·KL, passage language drawn independently"}
+    prompts = {"anchor": _prompt(init, "query"), "positive": _prompt(init, "document"),
+               "anchor_b": _prompt(init, "query")}
+    return _run(name, init, fp, models_dir, cfg, build, dataset, {c: prompts[c] for c in columns}, on_log,
+                p1_corpus=p1_corpus,
+                card={"recipe": recipe[name], "data": f"retrieval pairs `{pairs_path}`", **(card or {})})
 
-    def batch_at(i: int):
-        b = used[i * t.batch_size:(i + 1) * t.batch_size]
-        if name == "infonce":  # same-language pairs: query and passage both in language a
-            return PairBatch([r["q_a"] for r in b], [r["p_a"] for r in b])
-        if name == "xlco":
-            return PairBatch([r["q_a"] for r in b], [r["p_b"] for r in b])
-        return LakdaBatch([r["q_a"] for r in b], [r["q_b"] for r in b], [r["p_b"] for r in b])
 
-    objective = {"infonce": infonce_objective, "xlco": xlco_objective,
-                 "lakda": lambda: lakda_objective(alpha=cfg.alpha)}[name]()
-    return _run(name, init, fp, models_dir, cfg, objective, batch_at, None, on_log)
-
-
-def translation_p_at_1(encoder, corpus_path: str | Path, *, split: str = "eval", per_language: int = 200,
-                       seed: int = 13, batch_size: int = 64) -> dict[str, float]:
-    """Held-out en↔X translation retrieval P@1 of a model's own vectors (mean of both directions).
-
-    ``encoder`` is a `encoder.SentenceEncoder`. For each language, ``per_language`` seeded
-    pairs of the split: each English sentence retrieves among the X sentences and vice
-    versa. Returns ``{lang: P@1, "all": mean}``.
-    """
-    table = pq.read_table(corpus_path, columns=["text", "en", "lang", "split"])
-    table = table.filter(pc.equal(table["split"], split))
-    rng = np.random.default_rng(seed)
-    out: dict[str, float] = {}
-    langs = table["lang"].to_pylist()
-    texts, english = table["text"].to_pylist(), table["en"].to_pylist()
-    for lang in sorted(set(langs)):
-        idx = [i for i, g in enumerate(langs) if g == lang]
-        idx = sorted(rng.choice(idx, size=min(per_language, len(idx)), replace=False).tolist())
-        en = encoder.encode([english[i] for i in idx], prompt="query", batch_size=batch_size, normalize=True)
-        x = encoder.encode([texts[i] for i in idx], prompt="query", batch_size=batch_size, normalize=True)
-        sim = en @ x.T
-        gold = np.arange(len(idx))
-        out[lang] = float(((sim.argmax(1) == gold).mean() + (sim.argmax(0) == gold).mean()) / 2)
-    out["all"] = float(np.mean(list(out.values()))) if out else float("nan")
-    return out
+# --------------------------------------------------------------------------- quality gate
 
 
 @dataclass(frozen=True)
-class CheckpointReport:
-    """A checkpoint reloaded from disk: does it embed to its dimension, finitely; its P@1."""
-
-    ok: bool
-    dim: int
-    translation_p1: dict
-
-
-def inspect_checkpoint(ckpt: ModelCheckpoint, corpus_path: str | Path | None, *, per_language: int = 200) -> CheckpointReport:
-    """Reload ``ckpt`` once: probe two sentences and (with a corpus) measure held-out P@1.
-
-    The figures are cached beside the checkpoint (``<folder>.report-<key>.json``), so a
-    reused checkpoint is not re-measured.
-    """
-    from .encoder import SentenceEncoder
-
-    key = _fingerprint(str(corpus_path), per_language)[:8]
-    cache = Path(ckpt.path).parent / f"{Path(ckpt.path).name}.report-{key}.json"
-    if cache.exists():
-        d = json.loads(cache.read_text())
-        return CheckpointReport(d["ok"], d["dim"], d["translation_p1"])
-    encoder = SentenceEncoder(ckpt.path)
-    vecs = encoder.encode(["In the beginning.", "Am Anfang."], prompt="query")
-    dim = int(vecs.shape[1])
-    ok = bool(np.isfinite(vecs).all()) and dim == read_pooling_spec(ckpt.path).dim
-    p1 = translation_p_at_1(encoder, corpus_path, per_language=per_language) if corpus_path else {}
-    write_json({"ok": ok, "dim": dim, "translation_p1": p1}, cache)
-    return CheckpointReport(ok, dim, p1)
+class GateVerdict:
+    passed: bool
+    message: str
+    p1: float | None
+    base_p1: float | None
 
 
-def loss_curve_plot(history: Sequence[dict], path: str | Path, title: str) -> Path | None:
-    """The loss terms over steps as a PNG (None when nothing was logged)."""
-    from .analysis import _new_figure, _save_png
+def stage1_gate(trained: TrainedModel, base_p1: dict, margin: float = P1_MARGIN) -> GateVerdict:
+    """Whether Stage 1 may feed Stage 2: its loss terms are finite and its held-out en↔X
+    translation P@1 (``all``) is not below the base student's by more than ``margin``."""
+    import math
 
-    if not history:
-        return None
-    fig = _new_figure((6, 3.5))
-    ax = fig.add_subplot(1, 1, 1)
-    steps = [h["step"] for h in history]
-    for key in sorted({k for h in history for k in h} - {"step", "lr", "pairs_per_s"}):
-        ax.plot(steps, [h.get(key, np.nan) for h in history], label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    return _save_png(fig, path)
+    bad = {k: v for k, v in trained.final_terms.items() if not math.isfinite(v)}
+    if bad:
+        return GateVerdict(False, f"Stage 1 diverged: non-finite loss terms {bad}. Lower stage1_checkpoint's lr "
+                                  f"(now {trained.config.get('stage', {}).get('train', {}).get('lr')}) and re-run.",
+                           None, None)
+    p1, base = trained.translation_p1.get("all"), base_p1.get("all")
+    if p1 is None or base is None:
+        return GateVerdict(True, "finite; translation P@1 not measured (translation_p1 off)", p1, base)
+    if p1 < base - margin:
+        return GateVerdict(False, f"Stage 1's held-out translation P@1 {p1:.3f} fell below the base student's "
+                                  f"{base:.3f} by more than {margin}: Stage 1 damaged the student. Lower "
+                                  "stage1_checkpoint's lr, use more steps or projection_init 'lstsq', and re-run; "
+                                  "Stage 2 and everything downstream wait for a passing gate.", p1, base)
+    return GateVerdict(True, f"finite; P@1 {p1:.3f} vs base {base:.3f} (margin {margin})", p1, base)

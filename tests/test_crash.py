@@ -1,8 +1,8 @@
 """Crash safety: processes killed with SIGKILL mid-run leave resumable, readable state.
 
-- a training run (tiny random BERT, `training.train`) killed between two state writes:
-  the state file is complete, no temporary file survives the re-run, and the re-run
-  resumes from the saved step and ends bitwise equal to an uninterrupted run;
+- a training run (tiny random BERT, gradient-cached MIMO loss on `trainer.fit`) killed
+  after a trainer checkpoint: the re-run resumes from the last complete checkpoint and
+  ends bitwise equal to an uninterrupted run; a half-written checkpoint is swept;
 - an embedding-cache build (`embedding_cache.fill_cache`) killed mid-way: every shard
   on disk loads, and the re-run encodes only the texts that are missing.
 
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 X = [" ".join(f"{w}_x" for w in s.split()) for s in EN]
 TEACHER_DIM = 16
-STEPS, CHECKPOINT_EVERY = 30, 2
+STEPS, CHECKPOINT_EVERY = 12, 2
 
 
 def tiny_model_dir(d: Path) -> Path:
@@ -58,27 +58,36 @@ def _env() -> dict:
 
 
 def run_training(model_dir: str, work_dir: str, sleep_s: float = 0.0):
-    """Stage-1 distillation (model + projection) on the tiny model; the same in every process."""
+    """MIMO's Stage 2 (model + projection W, gradient-cached) on the tiny model, with
+    `trainer.fit`; the same in every process. ``sleep_s`` per step makes it killable."""
+    import numpy as np
     import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
 
-    from mimo_pipeline.losses import Projection
-    from mimo_pipeline.training import DistillBatch, TrainableEncoder, TrainConfig, stage1_objective, train
+    from mimo_pipeline.losses import CachedMimoLoss, make_projection
+    from mimo_pipeline.trainer import TrainConfig, fit, load_student
 
     torch.set_num_threads(1)
-    teacher = torch.randn(len(EN), TEACHER_DIM, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    t_q, t_p = (torch.randn(len(EN), TEACHER_DIM, generator=g).numpy() for _ in range(2))
+    idx = [i % len(EN) for i in range(STEPS * 4)]
+    data = Dataset.from_dict({"anchor": [X[i] for i in idx], "positive": [EN[(i + 1) % len(EN)] for i in idx],
+                              "label": [np.stack([t_q[i], t_p[(i + 1) % len(EN)]]).tolist() for i in idx]})
 
-    def batch_at(i: int) -> DistillBatch:
-        if sleep_s:
-            time.sleep(sleep_s)  # slow enough to be killed between two state writes
-        rows = [(i * 4 + k) % len(EN) for k in range(4)]
-        return DistillBatch([X[r] for r in rows], [EN[r] for r in rows], teacher[rows])
+    class Slow(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            time.sleep(sleep_s)
 
-    config = TrainConfig(steps=STEPS, batch_size=4, lr=1e-3, max_length=32, seed=0, device="cpu",
-                         checkpoint_every=CHECKPOINT_EVERY, log_every=1)
-    enc, proj = TrainableEncoder(model_dir), Projection(32, TEACHER_DIM, seed=0)
-    result = train(enc, stage1_objective(proj), batch_at, config, work_dir, extra_params=[proj])
-    weights = {**{f"m.{k}": v.clone() for k, v in enc.state_dict().items()},
-               **{f"p.{k}": v.clone() for k, v in proj.state_dict().items()}}
+    config = TrainConfig(steps=STEPS, batch_size=4, mini_batch_size=2, lr=1e-3, max_length=32, seed=0,
+                         device="cpu", checkpoint_every=CHECKPOINT_EVERY, log_every=1,
+                         freeze_word_embeddings=False)
+    model = load_student(model_dir, config)
+    loss = CachedMimoLoss(model, make_projection(32, TEACHER_DIM, seed=0), lam=0.5)
+    result = fit(model, loss, data, config, work_dir, prompts={"anchor": "query: ", "positive": "passage: "},
+                 callbacks=[Slow()] if sleep_s else None)
+    weights = {**{f"m.{k}": v.clone() for k, v in model.state_dict().items()},
+               **{f"p.{k}": v.detach().clone() for k, v in loss.projection.state_dict().items()}}
     return result, weights
 
 
@@ -87,7 +96,8 @@ def _training_main() -> None:
     weights to a file, the result as JSON. (Started early, it imports while the parent works.)"""
     import torch
 
-    from mimo_pipeline import training  # noqa: F401 - the slow imports, before waiting
+    from mimo_pipeline import trainer  # noqa: F401 - the slow imports, before waiting
+    import sentence_transformers  # noqa: F401
 
     model_dir, work_dir, out, sleep_s, go = sys.argv[1:6]
     deadline = time.monotonic() + 600
@@ -107,46 +117,43 @@ def _spawn_training(model_dir, work, out, sleep_s, log_path, go):
                                  str(go)], cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
-def _load_state(path: Path):
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - the file vanished between exists() and open()? never with os.replace
-        return None
-
-
 def _tmp_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.name.endswith(".tmp"))
 
 
-def _kill_after_a_save(proc: subprocess.Popen, state_path: Path, min_step: int, timeout: float = 120.0) -> int:
-    """SIGKILL ``proc`` just after it has written a state at step >= ``min_step``; that step."""
+def _complete_step(work: Path) -> int:
+    steps = [int(p.parent.name.split("-")[-1]) for p in work.glob("checkpoint-*/trainer_state.json")]
+    return max(steps, default=0)
+
+
+def _kill_after_a_save(proc: subprocess.Popen, work: Path, min_step: int, timeout: float = 180.0) -> int:
+    """SIGKILL ``proc`` once a complete trainer checkpoint at step >= ``min_step`` exists; that step."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the training subprocess ended before it could be killed"
-        if state_path.exists():
-            state = _load_state(state_path)
-            if state is not None and state["step"] >= min_step:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-                return state["step"]
+        step = _complete_step(work)
+        if step >= min_step:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            return step
         time.sleep(0.01)
     proc.kill()
     proc.wait()
-    raise AssertionError(f"no state at step >= {min_step} within {timeout} s")
+    raise AssertionError(f"no trainer checkpoint at step >= {min_step} within {timeout} s")
 
 
 def test_training_killed_mid_run_resumes_to_the_uninterrupted_weights(model_dir, tmp_path):
+    """SIGKILL a gradient-cached MIMO run (dropout on) after a trainer checkpoint; the re-run
+    resumes from the last complete checkpoint and ends bitwise equal to an uninterrupted run,
+    W included (the trainer checkpoint carries the loss' own parameters)."""
     import torch
 
-    from mimo_pipeline.training import STATE_DIR, STATE_FILE
+    from mimo_pipeline.trainer import LOSS_PARAMS_FILE
 
     work = tmp_path / "work"
-    state_path = work / STATE_DIR / STATE_FILE
     go_kill, go_resume = tmp_path / "go-killed", tmp_path / "go-resumed"
     # both processes import torch/transformers now, while this one trains the reference
-    victim = _spawn_training(model_dir, work, tmp_path / "killed.pt", 0.1, tmp_path / "killed.log", go_kill)
+    victim = _spawn_training(model_dir, work, tmp_path / "killed.pt", 0.3, tmp_path / "killed.log", go_kill)
     resumer = _spawn_training(model_dir, work, tmp_path / "resumed.pt", 0.0, tmp_path / "resumed.log", go_resume)
     try:
         threads = torch.get_num_threads()
@@ -157,27 +164,13 @@ def test_training_killed_mid_run_resumes_to_the_uninterrupted_weights(model_dir,
         assert full.steps == STEPS and full.resumed_from_step == 0
 
         go_kill.touch()
-        seen_step = _kill_after_a_save(victim, state_path, min_step=4)
+        seen_step = _kill_after_a_save(victim, work, min_step=4)
         assert victim.returncode == -signal.SIGKILL, (victim.returncode,
                                                       (tmp_path / "killed.log").read_text()[-3000:])
         assert not (tmp_path / "killed.pt").exists()  # it never finished
-
-        # the state on disk is complete and consistent
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        assert {"format", "step", "config", "model", "extras", "optimizer", "scheduler", "rng", "history",
-                "last_terms", "window", "window_n"} <= set(state)
-        saved = state["step"]
+        saved = _complete_step(work)
         assert seen_step <= saved < STEPS and saved % CHECKPOINT_EVERY == 0
-        assert [h["step"] for h in state["history"]] == list(range(1, saved + 1))
-        assert state["model"] and all(torch.isfinite(t).all() for t in state["model"].values())
-        assert state["extras"][0].keys() == {"linear.weight", "linear.bias"}
-        opt = state["optimizer"]
-        assert sum(len(g["params"]) for g in opt["param_groups"]) == len(state["model"]) + 2
-        assert opt["state"] and all(int(s["step"]) == saved for s in opt["state"].values())
-        # only the state write in flight at the kill (if any) may have left a temporary file
-        leftovers = _tmp_files(work)
-        assert all(p.parent == state_path.parent and p.name.startswith(f".{STATE_FILE}.") for p in leftovers), \
-            leftovers
+        assert (work / f"checkpoint-{saved}" / LOSS_PARAMS_FILE).exists()
 
         go_resume.touch()
         assert resumer.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
@@ -187,33 +180,33 @@ def test_training_killed_mid_run_resumes_to_the_uninterrupted_weights(model_dir,
                 proc.kill()
                 proc.wait()
     report = json.loads((tmp_path / "resumed.log").read_text().strip().splitlines()[-1])
-    assert report == {"resumed_from_step": saved, "steps": STEPS}
-    assert _tmp_files(work) == []
+    assert report["steps"] == STEPS and report["resumed_from_step"] >= saved
     got = torch.load(tmp_path / "resumed.pt", weights_only=True)
     assert got.keys() == want.keys()
     differ = [k for k in want if not torch.equal(got[k], want[k])]
     assert not differ, differ
-    final = torch.load(state_path, map_location="cpu", weights_only=True)
-    assert final["step"] == STEPS and len(final["history"]) == STEPS
 
 
-def test_stale_state_temp_file_is_swept_on_resume(model_dir, tmp_path):
-    """A temp file from a state write cut short (what SIGKILL during `_save_state` leaves) is removed."""
+def test_a_half_written_trainer_checkpoint_is_swept_on_resume(model_dir, tmp_path):
+    """What SIGKILL during a trainer save leaves (a checkpoint folder without its trainer
+    state) is removed, and the run resumes from the complete one before it."""
+    import shutil
+
     import torch
-
-    from mimo_pipeline.training import STATE_DIR, STATE_FILE
 
     work = tmp_path / "work"
     threads = torch.get_num_threads()
     try:
         run_training(str(model_dir), str(work))
-        stale = work / STATE_DIR / f".{STATE_FILE}.abc123.tmp"
-        stale.write_bytes(b"half a torch.save")
+        last = work / f"checkpoint-{STEPS}"
+        half = work / f"checkpoint-{STEPS + 2}"
+        shutil.copytree(last, half)
+        (half / "trainer_state.json").unlink()
         result, _ = run_training(str(model_dir), str(work))
     finally:
         torch.set_num_threads(threads)
     assert result.resumed_from_step == STEPS  # nothing left to do
-    assert not stale.exists() and _tmp_files(work) == []
+    assert not half.exists() and _tmp_files(work) == []
 
 
 # --------------------------------------------------------------------------- embedding cache

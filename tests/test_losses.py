@@ -20,12 +20,15 @@ import torch
 from mimo_pipeline.errors import MimoInputError
 from mimo_pipeline.losses import (
     LossOutput,
-    Projection,
     cos_sim_matrix,
     distill_loss,
     info_nce,
     lakda_loss,
+    fit_least_squares,
+    load_projection,
+    make_projection,
     mimo_loss,
+    save_projection,
 )
 
 R2 = 1 / math.sqrt(2)
@@ -89,20 +92,23 @@ def test_distill_rejects_unknown_kind_and_shape_mismatch():
 
 
 def test_projection_maps_dims_and_is_seeded(tmp_path):
-    a, b = Projection(4, 3, seed=7), Projection(4, 3, seed=7)
-    assert torch.equal(a.linear.weight, b.linear.weight) and torch.equal(a.linear.bias, b.linear.bias)
-    assert not torch.equal(a.linear.weight, Projection(4, 3, seed=8).linear.weight)
+    a, b = make_projection(4, 3, seed=7), make_projection(4, 3, seed=7)
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    assert not torch.equal(a.weight, make_projection(4, 3, seed=8).weight)
     assert a(torch.ones(5, 4)).shape == (5, 3)
-    nb = Projection(4, 3, bias=False)
-    assert nb.linear.bias is None
+    assert make_projection(4, 3, bias=False).bias is None
     # y = W x + b with hand-set weights
     with torch.no_grad():
-        a.linear.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, -1.0]]))
-        a.linear.bias.copy_(torch.tensor([0.5, 0.0, 1.0]))
+        a.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, -1.0]]))
+        a.bias.copy_(torch.tensor([0.5, 0.0, 1.0]))
     assert torch.allclose(a(torch.tensor([[1.0, 1.0, 1.0, 1.0]])), torch.tensor([[1.5, 2.0, 0.0]]))
-    a.save(tmp_path / "p.safetensors")
-    back = Projection.load(tmp_path / "p.safetensors")
-    assert torch.equal(back.linear.weight, a.linear.weight) and torch.equal(back.linear.bias, a.linear.bias)
+    save_projection(a, tmp_path / "p.safetensors")
+    back = load_projection(tmp_path / "p.safetensors")
+    assert torch.equal(back.weight, a.weight) and torch.equal(back.bias, a.bias)
+    # the file is sentence-transformers' EmbedDistillLoss.save_projection format
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(tmp_path / "p.safetensors"))) == {"weight", "bias"}
 
 
 # --------------------------------------------------------------------------- InfoNCE
@@ -126,6 +132,21 @@ def test_info_nce_general_rows_by_hand():
     row0 = math.log1p(math.exp(s * R2 - s))   # -log(e^s / (e^s + e^{s/√2}))
     row1 = math.log1p(math.exp(-s * R2))      # -log(e^{s/√2} / (e^0 + e^{s/√2}))
     assert info_nce(S, T, scale=s).item() == approx((row0 + row1) / 2, rel=1e-5)
+
+
+def test_info_nce_offset_is_this_process_rows_of_gathered_passages():
+    # a process holding rows 2.. of the gathered passages [E; SWAP] = [1,0], [0,1], [0,1], [1,0]
+    q = torch.tensor([[0.0, 1.0]])
+    p = torch.cat([E, SWAP])
+    # cosines of q to the rows: 0, 1, 1, 0; its positive is row 2 (logit 1): -log(e / (2 + 2e))
+    assert info_nce(q, p, scale=1.0, offset=2).item() == approx(math.log(2 + 2 * math.e) - 1.0)
+    # the two processes' means average to the one-process loss on the whole batch
+    qq = torch.tensor([[1.0, 0.2], [0.3, 1.0]])
+    pp = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    halves = (info_nce(qq[:1], pp, offset=0) + info_nce(qq[1:], pp, offset=1)) / 2
+    assert halves.item() == approx(info_nce(qq, pp).item())
+    with pytest.raises(ValueError, match="offset"):
+        info_nce(q, p, offset=4)
 
 
 def test_info_nce_extra_passages_are_negatives():
@@ -246,7 +267,7 @@ def test_projection_least_squares_recovers_an_exact_affine_map():
     g = torch.Generator().manual_seed(0)
     s = torch.randn(64, 5, generator=g)
     a, b = torch.randn(3, 5, generator=g), torch.randn(3, generator=g)
-    proj = Projection(5, 3).fit_least_squares(s, s @ a.T + b, ridge=0.0)
-    assert torch.allclose(proj.linear.weight, a, atol=1e-5)
-    assert torch.allclose(proj.linear.bias, b, atol=1e-5)
+    proj = fit_least_squares(make_projection(5, 3), s, s @ a.T + b, ridge=0.0)
+    assert torch.allclose(proj.weight, a, atol=1e-5)
+    assert torch.allclose(proj.bias, b, atol=1e-5)
     assert torch.allclose(proj(s), s @ a.T + b, atol=1e-4)

@@ -6,6 +6,8 @@ then `dg launch --job full_mimo`, which finds every cache full (teacher cache: 0
 checkpoints: reused).
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,62 @@ def test_mlflow_runs_are_nested_and_named(smoke):
     mimo = next(r for r in runs if r.info.run_name == "mimo · all-MiniLM-L6-v2")
     assert "mlflow.parentRunId" in mimo.data.tags and "final_loss" in mimo.data.metrics
     assert float(mimo.data.params["lr"]) == 2e-5
+
+
+def test_checkpoint_model_card_names_recipe_teacher_data_seed_and_heldout(smoke):
+    from mimo_pipeline.storage import ResultsDB
+
+    paths = ResultsDB(smoke["home"] / "mimo.duckdb").query(
+        "SELECT model, any_value(path) AS path FROM checkpoints GROUP BY model")
+    for model, path in zip(paths.model, paths.path):
+        card = Path(path, "README.md").read_text()
+        section = card[card.index("## MIMO pipeline"):]
+        assert f"`{model}`" in section and "recipe:" in section and "seed 13" in section
+        assert "held-out en↔X translation P@1" in section, model
+        assert ("all-MiniLM-L6-v2" in section) == (model in ("stage1", "mimo")), model
+
+
+def test_mlflow_gets_per_step_loss_terms_lr_grad_norm_rows_per_s(smoke):
+    from mlflow.tracking import MlflowClient
+
+    from mimo_pipeline.tracking import Tracker
+
+    tracker = Tracker(str(smoke["home"]))
+    client = MlflowClient(tracker.tracking_uri)
+    mimo = next(r for r in client.search_runs([tracker.experiment_id()], "tags.kind = 'model'", max_results=500)
+                if r.info.run_name == "mimo · all-MiniLM-L6-v2")
+    for key in ("loss", "xlco", "distill", "lr", "grad_norm", "rows_per_s"):
+        history = client.get_metric_history(mimo.info.run_id, key)
+        assert len(history) >= 2, key  # one value per logged step
+    assert float(mimo.data.params["batch_size"]) > 0 and "mini_batch_size" in mimo.data.params
+
+
+def test_failing_stage1_gate_stops_stage2(smoke):
+    """The blocking quality gate: a Stage 1 that may not fall below the base student's P@1 at
+    all (margin -1, i.e. it would have to gain a whole point) fails the gate, and Stage 2 in the
+    same run does not run. (The trained Stage 1 checkpoint is reused: the margin is not part of
+    its fingerprint.)"""
+    import os
+
+    from dagster import AssetKey, materialize
+
+    from mimo_pipeline.definitions import defs
+
+    instance = instance_of(smoke)
+    before = len(materializations(instance, "stage2_checkpoint"))
+    env = {k: smoke["env"][k] for k in ("MIMO_HOME", "MIMO_PROFILE")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        graph = defs.resolve_asset_graph()
+        assets = [graph.get(k).assets_def for k in graph.get_all_asset_keys() if graph.get(k).is_materializable]
+        result = materialize(assets, instance=instance, resources=defs.resources, raise_on_error=False,
+                             selection=[AssetKey("stage1_checkpoint"), AssetKey("stage2_checkpoint")],
+                             run_config={"ops": {"stage1_checkpoint": {"config": {"p1_margin": -1.0}}}})
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "quality_gate")
+    assert not gate.passed and "fell below the base student's" in gate.description
+    assert len(materializations(instance, "stage2_checkpoint")) == before  # Stage 2 did not run
+    assert [e.asset_key for e in result.get_asset_materialization_events()] == [AssetKey("stage1_checkpoint")]

@@ -34,7 +34,7 @@ from mimo_pipeline.pairs import COLUMNS as PAIR_COLUMNS
 from mimo_pipeline.settings import get_profile
 from mimo_pipeline.stages import StageConfig, train_baseline, train_stage2
 from mimo_pipeline.student import ModelCheckpoint
-from mimo_pipeline.training import TrainConfig
+from mimo_pipeline.trainer import TrainConfig
 from tests.test_crash import EN, TEACHER_DIM, X, tiny_model_dir
 
 MESSAGES: dict[str, str] = {}
@@ -83,8 +83,9 @@ class Ctx:
                                dim=32, prompts={"query": "query: ", "document": "passage: "})
 
     def pairs(self, n: int = 4) -> Path:
-        rows = [{"q_verse": f"v{i}", "p_verse": f"v{i + 1}", "lang_a": "xx", "lang_b": "en",
-                 "q_a": X[i], "q_b": EN[i], "p_a": X[i + 1], "p_b": EN[i + 1], "q_en": EN[i], "p_en": EN[i + 1]}
+        rows = [{"q_verse": f"v{i}", "p_verse": f"v{i + 1}", "lang_a": "xx", "lang_b": "en", "lang_c": "en",
+                 "q_a": X[i], "q_b": EN[i], "p_a": X[i + 1], "p_b": EN[i + 1], "p_c": EN[i + 1], "q_en": EN[i],
+                 "p_en": EN[i + 1]}
                 for i in range(n)]
         path = self.tmp / "pairs" / "pairs.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,10 +93,10 @@ class Ctx:
         return path
 
     def projection(self, student_dim: int, teacher_dim: int) -> Path:
-        from mimo_pipeline.losses import Projection
+        from mimo_pipeline.losses import make_projection, save_projection
 
         path = self.tmp / "models" / "stage1" / "fp.projection.safetensors"
-        Projection(student_dim, teacher_dim, seed=0).save(path)
+        save_projection(make_projection(student_dim, teacher_dim, seed=0), path)
         return path
 
 
@@ -332,8 +333,8 @@ def test_bad_input_fails_fast_with_a_clear_message(name, tmp_path, model_dir, mo
     def tripwire(*a, **k):
         raise Tripwire("a model was loaded or trained before the input was validated")
 
-    monkeypatch.setattr(stages, "TrainableEncoder", tripwire)
-    monkeypatch.setattr(stages, "train", tripwire)
+    monkeypatch.setattr(stages, "load_student", tripwire)
+    monkeypatch.setattr(stages, "fit", tripwire)
     ctx = Ctx(tmp_path, model_dir, FakeTeacher())
     with pytest.raises(MimoInputError) as info:
         call(ctx)

@@ -1,15 +1,17 @@
 """The torchrun entry point of data-parallel training (``world_size > 1`` in a training asset's config).
 
-    torchrun --standalone --nproc-per-node=N -m assets.ddp_worker JOB.pkl
+    torchrun --standalone --nproc-per-node=N -m mimo_pipeline.ddp_worker JOB.pkl
 
 ``JOB.pkl`` holds the `mimo_pipeline.stages` function to call (``train_stage1``,
 ``train_stage2`` or ``train_baseline``), its arguments, where to write the result and,
 optionally, the MLflow run to log into. Every process joins one torch.distributed group
-(gloo on CPU, nccl on GPU) and runs the same function: each takes its share of every
-batch and gradients are averaged across processes (`mimo_pipeline.training`). Rank 0
-writes the checkpoint, logs the loss terms to MLflow and, when launched by
-``dagster.PipesSubprocessClient``, streams its log lines and the result back to Dagster
-through Dagster Pipes (the ``dagster_pipes`` package, not Dagster itself).
+(gloo on CPU, nccl on GPU) and runs the same function: `SentenceTransformerTrainer`
+wraps the model in DDP, each process takes its share of every global batch, and the
+gradient-cached losses gather the other processes' embeddings, so every query sees the
+whole global batch as negatives (`losses`). Rank 0 writes the checkpoint, logs to MLflow
+and, when launched by ``dagster.PipesSubprocessClient`` (`resources.launcher`), streams
+its log lines and the result back through Dagster Pipes (the ``dagster_pipes`` package,
+not Dagster itself).
 """
 
 import logging
@@ -48,7 +50,7 @@ def main(job_path: str) -> int:
                 tmp.write_bytes(pickle.dumps(trained))
             if pipes is not None:
                 pipes.report_custom_message({"result": job["result"], "steps": trained.steps,
-                                             "pairs_per_s": trained.pairs_per_s, "world_size": dist.get_world_size()})
+                                             "rows_per_s": trained.rows_per_s, "world_size": dist.get_world_size()})
         dist.barrier()
     finally:
         if pipes is not None:
