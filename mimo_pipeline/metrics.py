@@ -39,6 +39,9 @@ batched over all pairs with ``scipy.stats.rankdata`` (one spearmanr call per pai
 language this equals 100 × the mean over groups of the mean over language pairs.
 Groups with fewer than two languages are skipped.
 
+Own-language share (``own_lang@k``, `own_language_share`): per query, the share of its top k
+written in the query's language; lower = less language bias (chance: about 1/L over L languages).
+
 PEER@k (Probability of Equal Expected Rank; Yang et al., SIGIR 2024; as in MIMO's
 ``compute_peer``)
 ------------------------------------------------------------------------------
@@ -189,6 +192,7 @@ def _mrc_core(
     valid_by_lang: Mapping[str, np.ndarray],
     group_scores: Callable[[int, list[str], np.ndarray], np.ndarray],
     k: int,
+    groups_out: dict[int, float] | None = None,
 ) -> dict[str, float]:
     langs = sorted(topk_by_lang)
     n_groups = len(next(iter(topk_by_lang.values()))) if langs else 0
@@ -236,6 +240,11 @@ def _mrc_core(
         per_lang[lang].append(float(np.mean(vals)))
     out = {lang: 100.0 * float(np.mean(v)) for lang, v in sorted(per_lang.items())}
     out["all"] = float(np.mean(list(out.values()))) if out else float("nan")
+    if groups_out is not None:
+        by_group: dict[int, list[float]] = defaultdict(list)
+        for (g, lang), vals in sorted(by_group_lang.items()):
+            by_group[g].append(float(np.mean(vals)))
+        groups_out.update({g: 100.0 * float(np.mean(v)) for g, v in sorted(by_group.items())})
     return out
 
 
@@ -266,6 +275,7 @@ def mrc_at_k(
     *,
     topk_ids_by_lang: Mapping[str, np.ndarray] | None = None,
     valid_by_lang: Mapping[str, np.ndarray] | None = None,
+    groups_out: dict[int, float] | None = None,
 ) -> dict[str, float]:
     """MRC@k from vectors: ``{lang: MRC@k(lang), ..., "all": mean over languages}``.
 
@@ -278,7 +288,10 @@ def mrc_at_k(
     existing search (e.g. `retrieval.search` output); without it an exact faiss flat
     search finds the top-k (ties at the cut-off broken by faiss). `valid_by_lang[lang]`
     ``[n_groups] bool`` marks the groups that have that language (default: all).
-    Values are in [-100, 100]; definition in the module docstring.
+    Values are in [-100, 100]; definition in the module docstring. ``groups_out``, when
+    given, receives the per-group figure ``{g: 100 · mean over the group's languages of
+    RC(lang, g)}`` (groups without a defined correlation are absent): the topic scores of
+    MRC@k. When every group has every language, their mean is ``MRC@k("all")``.
     """
     from .retrieval import build_index, l2_normalize
 
@@ -303,7 +316,7 @@ def mrc_at_k(
         q = np.stack([qs[lang][g] for lang in langs]).astype(np.float64)
         return q @ docs[union].astype(np.float64).T
 
-    return _mrc_core(topk, valid, group_scores, k)
+    return _mrc_core(topk, valid, group_scores, k, groups_out)
 
 
 def mrc_from_scores(
@@ -311,11 +324,12 @@ def mrc_from_scores(
     k: int = 10,
     *,
     valid_by_lang: Mapping[str, np.ndarray] | None = None,
+    groups_out: dict[int, float] | None = None,
 ) -> dict[str, float]:
     """MRC@k from full score matrices ``scores_by_lang[lang]`` ``[n_groups, n_docs]``.
 
-    Same definition as `mrc_at_k`; top-k is ``argsort(-scores, stable)[:k]`` (ties
-    broken by the lower pool index).
+    Same definition as `mrc_at_k` (``groups_out`` too); top-k is
+    ``argsort(-scores, stable)[:k]`` (ties broken by the lower pool index).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -327,7 +341,7 @@ def mrc_from_scores(
     def group_scores(g: int, langs: list[str], union: np.ndarray) -> np.ndarray:
         return np.stack([sc[lang][g, union] for lang in langs])
 
-    return _mrc_core(topk, valid, group_scores, k)
+    return _mrc_core(topk, valid, group_scores, k, groups_out)
 
 
 # ---------------------------------------------------------------------------- PEER
@@ -381,3 +395,34 @@ def peer_at_k(
         keep = set(qids)
         p = {q: v for q, v in p.items() if q in keep}
     return float(np.mean(list(p.values()))) if p else float("nan")
+
+
+# ---------------------------------------------------------------------------- own-language share
+
+
+def own_language_share(
+    run: Run,
+    query_lang: Mapping[str, str],
+    doc_lang: Mapping[str, str],
+    k: int = 10,
+) -> dict[str, float]:
+    """Per query: the share of its top-k documents written in the query's own language.
+
+    The top k in trec_eval order (score descending, ties by document id descending); the
+    share is over the documents actually ranked (``min(k, len(ranking))``). Queries with
+    no language, or an empty ranking, are absent. A ranked document without a language
+    counts as not the query's. On a pool with L languages in equal shares where every
+    language version of a relevant document is relevant, a language-blind ranking has an
+    expected share near 1/L; a share above that is the language bias of `mrc_at_k` seen
+    from the ranking's side (lower = less bias).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    out: dict[str, float] = {}
+    for qid, ranking in run.items():
+        lang = query_lang.get(qid)
+        if lang is None or not ranking:
+            continue
+        top = _trec_order(ranking)[:k]
+        out[qid] = sum(doc_lang.get(d) == lang for d in top) / len(top)
+    return out

@@ -16,6 +16,7 @@ from mimo_pipeline.metrics import (
     mean_metrics,
     mrc_at_k,
     mrc_from_scores,
+    own_language_share,
     peer_at_k,
     peer_per_query,
 )
@@ -292,6 +293,48 @@ def test_mrc_vectors_match_scores_and_reference():
 
     topk = {lang: search(v, docs, 5)[1] for lang, v in q.items()}
     assert mrc_at_k(q, docs, k=5, topk_ids_by_lang=topk) == pytest.approx(ref, abs=1e-6)
+
+
+def test_mrc_per_group_scores():
+    # group 0: en and de identical (RC 1 each), fr reversed: RC en = de = 0, fr = -1 -> 100 * mean = -100/3
+    # group 1: all identical: 100
+    row = np.array([0.9, 0.7, 0.5, 0.3, 0.1])
+    scores = {"en": np.stack([row, row]), "de": np.stack([row, row]), "fr": np.stack([row[::-1], row])}
+    groups: dict = {}
+    res = mrc_from_scores(scores, k=3, groups_out=groups)
+    assert groups == pytest.approx({0: -100.0 / 3, 1: 100.0})
+    assert np.mean(list(groups.values())) == pytest.approx(res["all"])  # every group has every language
+    # a group with one language has no figure
+    valid = {"en": np.array([True, True]), "de": np.array([True, False]), "fr": np.array([True, False])}
+    groups = {}
+    mrc_from_scores(scores, k=3, valid_by_lang=valid, groups_out=groups)
+    assert list(groups) == [0]
+    # the vector path fills it the same way
+    rng = np.random.default_rng(5)
+    docs, base = rng.standard_normal((30, 6)), rng.standard_normal((4, 6))
+    q = {lang: base + 0.5 * rng.standard_normal((4, 6)) for lang in ("en", "de")}
+    from_vecs: dict = {}
+    assert mrc_at_k(q, docs, k=5, groups_out=from_vecs)["all"] == pytest.approx(np.mean(list(from_vecs.values())))
+    assert sorted(from_vecs) == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------------- own-language share
+
+
+def test_own_language_share_closed_forms():
+    doc_lang = {"e1": "en", "e2": "en", "d1": "de", "d2": "de", "x": None}
+    run = {"qen": {"e1": 0.9, "d1": 0.8, "e2": 0.7, "d2": 0.6},  # top 3: e1, d1, e2 -> 2/3
+           "qde": {"e1": 0.9, "d1": 0.8, "e2": 0.7, "d2": 0.6},  # top 3: e1, d1, e2 -> 1/3
+           "tie": {"e1": 0.5, "d2": 0.5, "d1": 0.5},  # trec order on ties: id descending: e1, d2, d1 -> 2/3 de
+           "few": {"d1": 1.0},  # one ranked document: share over 1
+           "none": {}, "nolang": {"e1": 1.0}}
+    qlang = {"qen": "en", "qde": "de", "tie": "de", "few": "de", "none": "de"}
+    got = own_language_share(run, qlang, doc_lang, k=3)
+    assert got == pytest.approx({"qen": 2 / 3, "qde": 1 / 3, "tie": 2 / 3, "few": 1.0})
+    assert own_language_share(run, qlang, doc_lang, k=1) == pytest.approx({"qen": 1.0, "qde": 0.0, "tie": 0.0,
+                                                                         "few": 1.0})
+    with pytest.raises(ValueError):
+        own_language_share(run, qlang, doc_lang, k=0)
 
 
 # --------------------------------------------------------------------------- PEER
