@@ -20,6 +20,9 @@ its number of queries.
   either sign (``scipy.stats.permutation_test(permutation_type='samples')``, which
   enumerates all 2^n sign patterns exactly when that is no more than ``n_resamples``).
 - `holm`: Holm's step-down adjustment of a family of p-values.
+- `bootstrap_difference`: the interval and p-value of a difference from its paired bootstrap
+  replicates, for statistics that are no mean of per-topic values (uniformity: the log of a
+  mean over pairs of verses), where the sign-flip test does not apply.
 
 Everything is seeded: the same inputs and seed give the same interval and p-value.
 """
@@ -208,6 +211,31 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (m - j) * p))
         out[i] = running
     return out
+
+
+def bootstrap_difference(estimate: float, replicates: Sequence[float], *,
+                         confidence: float = CONFIDENCE) -> PairedResult:
+    """A difference and its paired-bootstrap replicates -> interval and two-sided p-value.
+
+    ``replicates`` are the difference recomputed on B resamples that both systems share
+    (NaN replicates, resamples where the statistic is undefined, are dropped). The
+    interval is the percentile interval (the ``(1 − confidence)/2`` and ``(1 + confidence)/2``
+    quantiles, numpy's linear interpolation). The p-value inverts it: twice the smaller share
+    of replicates on either side of 0, with the usual +1 correction,
+    ``min(1, 2 · (min(#{d* ≤ 0}, #{d* ≥ 0}) + 1) / (B + 1))``: the smallest two-sided
+    level at which the percentile interval would exclude 0, never 0 itself.
+    ``n_topics`` is B (the replicates used).
+    """
+    d = np.asarray(replicates, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if d.size == 0:
+        return PairedResult(float(estimate), None, None, None, 0)
+    low, high = np.quantile(d, [(1 - confidence) / 2, (1 + confidence) / 2])
+    tail = min(int(np.sum(d <= 0.0)), int(np.sum(d >= 0.0)))
+    p = min(1.0, 2.0 * (tail + 1) / (d.size + 1))
+    return PairedResult(float(estimate), float(low), float(high), p, int(d.size))
 
 
 def _check(values: np.ndarray, weights: np.ndarray, n_resamples: int, confidence: float) -> None:

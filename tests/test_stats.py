@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from mimo_pipeline.stats import TopicScores, bootstrap_ci, holm, paired_test, topic_scores
+from mimo_pipeline.stats import TopicScores, bootstrap_ci, bootstrap_difference, holm, paired_test, topic_scores
 
 
 def scores(values, sizes=None, prefix="t"):
@@ -117,3 +117,23 @@ def test_holm_caps_at_one_keeps_missing_and_checks_range():
     with pytest.raises(ValueError, match="outside"):
         holm([1.5])
 
+
+
+def test_bootstrap_difference_known_answers():
+    # 999 replicates 1..999 (/1000): percentile interval = numpy quantiles; none at or below 0
+    reps = np.arange(1, 1000) / 1000
+    res = bootstrap_difference(0.5, reps)
+    assert (res.delta, res.n_topics) == (0.5, 999)
+    # linear interpolation: position 0.025 * 998 = 24.95 -> (25 + 0.95) / 1000; 0.975 * 998 = 973.05 -> 974.05 / 1000
+    assert res.ci_low == pytest.approx(0.02595) and res.ci_high == pytest.approx(0.97405)
+    assert res.p_value == pytest.approx(2 * 1 / 1000)  # (0 + 1) / (B + 1), two-sided
+    # symmetric around 0: 500 of 1001 on either side (plus one exactly 0, counted on both): p = 1
+    sym = np.r_[-np.arange(1, 501), 0.0, np.arange(1, 501)]
+    assert bootstrap_difference(0.0, sym).p_value == 1.0
+    # 49 of 999 at or below 0: p = 2 * 50 / 1000 = 0.1
+    mixed = np.r_[-np.ones(49), np.ones(950)]
+    assert bootstrap_difference(0.9, mixed).p_value == pytest.approx(0.1)
+    # NaN replicates are dropped; none left: no interval, no p-value
+    assert bootstrap_difference(1.0, [np.nan, 1.0, 2.0]).n_topics == 2
+    empty = bootstrap_difference(1.0, [np.nan])
+    assert (empty.ci_low, empty.p_value, empty.n_topics) == (None, None, 0)
