@@ -6,10 +6,8 @@ from pydantic import Field
 
 from mimo_pipeline.benchmarks import BenchmarkConfig, BenchmarkSet, build_benchmark_set
 from mimo_pipeline.corpus import CorpusResult
-from mimo_pipeline.evaluation import (TABLE_LEGEND, EvalConfig, EvalResult, alignment_uniformity,
-                                      comparison_table, evaluate_models)
-from mimo_pipeline.models import evaluation_models
-from mimo_pipeline.report import markdown_table
+from mimo_pipeline.eval_steps import run_au_analysis, run_mlir_eval
+from mimo_pipeline.evaluation import EvalConfig, EvalResult
 from resources import MimoSettings, MlflowTracking, ModelCatalog, ResultsStore
 
 from ._meta import md_table, path_meta, png_meta
@@ -64,15 +62,20 @@ class MlirEvalConfig(Config):
 class AuConfig(Config):
     precision: Optional[str] = Field(
         default=None, description=PRECISION_HELP + " Use mlir_eval's, so its cached vectors are reused.")
+    n_resamples: int = Field(default=1000, description="Bootstrap resamples of the verses behind the uniformity "
+                                                       "comparisons of the claims (>= 1000).")
+    max_verses: int = Field(default=500, description="MLIR pool verses (each in every language) A–U is computed on.")
 
 
 @asset(
     group_name="evaluation",
-    code_version="1",
+    code_version="2",
     deps=["teacher_model"],
-    description="Every model (base_student, stage1, mimo, infonce, xlco, lakda, use_m; teacher_en on the English "
-                "pool as a reference) on every benchmark: nDCG@10/@20, Recall@10/@100, MRR@10, MAP@100 per "
-                "query language and all, MRC@10, PEER@100. Rows go to DuckDB eval_metrics, headlines to MLflow.",
+    description="Every model (base_student, stage1, mimo and the λ ablation, infonce, xlco, lakda, use_m, every "
+                "training seed; teacher_en on the English pool as a reference) on every benchmark: nDCG@10/@20, "
+                "Recall@10/@100, MRR@10, MAP@100 per query language and all, MRC@10, PEER@100, own_lang@10, with "
+                "intervals over topics and paired tests against mimo. Rows go to DuckDB eval_metrics and "
+                "eval_compare, one MLflow run per model and seed.",
     check_specs=[AssetCheckSpec("metrics_in_range", asset="mlir_eval")],
     io_manager_key="artifacts",
 )
@@ -80,45 +83,43 @@ def mlir_eval(context: AssetExecutionContext, config: MlirEvalConfig, mlir_bench
               student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints, settings: MimoSettings,
               catalog: ModelCatalog, results: ResultsStore, tracking: MlflowTracking):
     s = settings.resolve()
-    precision = s.encode_precision(config.precision)
-    models, only = evaluation_models(student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints,
-                                     catalog.resolve_teacher(), batch_size=config.batch_size, precision=precision)
-    result = evaluate_models(models, mlir_benchmarks, s.home / "embed_cache",
-                             EvalConfig(k=config.k, index=config.index, batch_size=config.batch_size,
-                                        n_resamples=config.n_resamples), only=only)
-    run_id = context.run.run_id
-    teacher = catalog.resolve_teacher()
-    db = results.db()
-    db.append("eval_metrics", [{**r, "dagster_run_id": run_id} for r in result.rows])
-    db.append("eval_compare", [{**r, "dagster_run_id": run_id} for r in result.compare])
-    tracker = tracking.tracker()
-    for model in result.models:
-        with tracker.run(f"eval {model} · {teacher.name}", dagster_run_id=run_id,
-                         tags={"model": model, "teacher": teacher.name, "asset": "mlir_eval"}) as run:
-            run.log_metrics({f"{r['benchmark']}/{r['metric']}": r["value"] for r in result.rows
-                             if r["model"] == model and r["query_lang"] == "all"})
-    header, rows = comparison_table(result)
-    bad = [r for r in result.rows if r["metric"] != "mrc@10" and not 0.0 <= r["value"] <= 1.0]
+    report = run_mlir_eval(
+        student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints, catalog.resolve_teacher(),
+        mlir_benchmarks, cache_root=s.home / "embed_cache",
+        config=EvalConfig(k=config.k, index=config.index, batch_size=config.batch_size,
+                          n_resamples=config.n_resamples),
+        precision=s.encode_precision(config.precision), db=results.db(), tracker=tracking.tracker(),
+        dagster_run_id=context.run.run_id)
+    result = report.result
+    metadata = {"comparison": MetadataValue.md(report.table_md),
+                "comparisons_vs_mimo": MetadataValue.int(len(result.compare)),
+                "dagster/row_count": MetadataValue.int(len(result.rows)),
+                "models": MetadataValue.text(" ".join(result.models)),
+                "seeds": MetadataValue.json(report.seeds),
+                "benchmarks": MetadataValue.text(" ".join(result.benchmarks)),
+                "precision": MetadataValue.text(report.precision),
+                "texts_encoded": MetadataValue.json(dict(result.encoded)),
+                "model_loads": MetadataValue.json(dict(result.loads)),
+                "seconds": MetadataValue.float(round(result.encode_seconds, 1))}
+    if report.dev_table_md:
+        metadata["comparison_dev"] = MetadataValue.md(report.dev_table_md)
     return MaterializeResult(
-        value=result,
-        metadata={"comparison": MetadataValue.md(markdown_table(header, rows) + "\n\n" + TABLE_LEGEND),
-                  "comparisons_vs_mimo": MetadataValue.int(len(result.compare)),
-                  "dagster/row_count": MetadataValue.int(len(result.rows)),
-                  "models": MetadataValue.text(" ".join(result.models)),
-                  "benchmarks": MetadataValue.text(" ".join(result.benchmarks)),
-                  "precision": MetadataValue.text(_resolved(models)),
-                  "seconds": MetadataValue.float(round(result.encode_seconds, 1))},
-        check_results=[AssetCheckResult(check_name="metrics_in_range", passed=bool(result.rows) and not bad,
-                                        metadata={"out_of_range": len(bad), "rows": len(result.rows)})],
+        value=result, metadata=metadata,
+        check_results=[AssetCheckResult(check_name="metrics_in_range",
+                                        passed=bool(result.rows) and not report.out_of_range,
+                                        metadata={"out_of_range": report.out_of_range, "rows": len(result.rows)})],
     )
 
 
 @asset(
     group_name="evaluation",
-    code_version="1",
-    description="Alignment and uniformity (Wang & Isola 2020) per model, per language (vs English) and across "
-                "languages, on the MLIR pool's verses; plots of uniformity vs alignment and per-language MLIR "
-                "nDCG@10 under MIMO_HOME/plots. Rows go to DuckDB au_metrics.",
+    code_version="2",
+    description="Alignment and uniformity (Wang & Isola 2020) per model on the MLIR pool's verses, from the vectors "
+                "mlir_eval cached: alignment over translation pairs (with English per language, all language pairs "
+                "under 'all'), uniformity within each language, across languages and pooled; plots of alignment vs "
+                "each uniformity, the λ ablation and per-language MLIR nDCG@10 under MIMO_HOME/plots. Then the "
+                "claims report: whether the paper's claims (a)-(d) hold on this run, with the figures, intervals "
+                "and p-values that decide them. Rows go to DuckDB au_metrics.",
     check_specs=[AssetCheckSpec("figures_finite", asset="au_analysis")],
     io_manager_key="artifacts",
 )
@@ -126,40 +127,26 @@ def au_analysis(context: AssetExecutionContext, config: AuConfig, mlir_benchmark
                 mlir_eval: EvalResult, student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints,
                 settings: MimoSettings, catalog: ModelCatalog, results: ResultsStore, tracking: MlflowTracking):
     s = settings.resolve()
-    models, _ = evaluation_models(student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints, None,
-                                  precision=s.encode_precision(config.precision))
-    result = alignment_uniformity(models, mlir_benchmarks.load("mlir"), s.home / "embed_cache", s.home / "plots",
-                                  mlir_eval)
-    run_id = context.run.run_id
-    results.db().append("au_metrics", [{**r, "dagster_run_id": run_id} for r in result.rows])
-    with tracking.tracker().run(f"au_analysis · {catalog.resolve_teacher().name}", dagster_run_id=run_id,
-                                tags={"asset": "au_analysis"}) as run:
-        run.log_metrics({f"{r['model']}/{r['lang']}/{r['metric']}": r["value"] for r in result.rows})
-        for plot in (result.au_plot, result.ndcg_plot):
-            if plot:
-                run.log_artifact(plot, "plots")
-    table = [[m, f"{a:.4f}", f"{u:.4f}"] for m, a, u in _all_rows(result.rows)]
-    metadata = {"alignment_uniformity": md_table(["model", "alignment", "uniformity"], table),
-                "au_plot": path_meta(result.au_plot), "dagster/row_count": MetadataValue.int(len(result.rows)),
-                "au_plot_image": png_meta(result.au_plot), "precision": MetadataValue.text(_resolved(models))}
-    if result.ndcg_plot:
-        metadata["ndcg_plot"] = path_meta(result.ndcg_plot)
-        metadata["ndcg_plot_image"] = png_meta(result.ndcg_plot)
-    import math
-    bad = [r for r in result.rows if not math.isfinite(r["value"])]
+    report = run_au_analysis(
+        student_base, stage1_checkpoint, stage2_checkpoint, baseline_checkpoints, mlir_benchmarks, mlir_eval,
+        cache_root=s.home / "embed_cache", plots_dir=s.home / "plots", precision=s.encode_precision(config.precision),
+        db=results.db(), tracker=tracking.tracker(), dagster_run_id=context.run.run_id,
+        teacher_name=catalog.resolve_teacher().name, n_resamples=config.n_resamples, max_verses=config.max_verses)
+    result = report.result
+    metadata = {"alignment_uniformity": MetadataValue.md(report.au_table_md),
+                "claims": MetadataValue.md(report.claims_md),
+                "claims_path": path_meta(report.claims_path),
+                "verdicts": MetadataValue.json(report.claims.verdicts()),
+                "au_plot": path_meta(result.au_plot), "au_plot_image": png_meta(result.au_plot),
+                "dagster/row_count": MetadataValue.int(len(result.rows)),
+                "verses": MetadataValue.int(result.n_verses),
+                "texts_encoded": MetadataValue.int(result.texts_encoded),
+                "model_loads": MetadataValue.int(result.loads),
+                "precision": MetadataValue.text(report.precision)}
+    for key, plot in (("ndcg_plot", result.ndcg_plot), ("lambda_plot", result.lambda_plot)):
+        if plot:
+            metadata[key] = path_meta(plot)
+            metadata[f"{key}_image"] = png_meta(plot)
     return MaterializeResult(value=result, metadata=metadata,
-                             check_results=[AssetCheckResult(check_name="figures_finite", passed=not bad,
-                                                             metadata={"non_finite": len(bad)})])
-
-
-def _resolved(models) -> str:
-    """The resolved precision of the checkpoint models (use_m has none: it is numpy fp32)."""
-    return " ".join(sorted({m.precision for m in models.values() if hasattr(m, "precision")})) or "fp32"
-
-
-def _all_rows(rows):
-    by_model = {}
-    for r in rows:
-        if r["lang"] == "all":
-            by_model.setdefault(r["model"], {})[r["metric"]] = r["value"]
-    return [(m, v.get("alignment", float("nan")), v.get("uniformity", float("nan"))) for m, v in by_model.items()]
+                             check_results=[AssetCheckResult(check_name="figures_finite", passed=not report.non_finite,
+                                                             metadata={"non_finite": report.non_finite})])

@@ -13,7 +13,8 @@ from pathlib import Path
 from .settings import Settings
 from .storage import ResultsDB
 
-MODEL_ORDER = ("base_student", "stage1", "mimo", "infonce", "xlco", "lakda", "use_m", "teacher_en")
+MODEL_ORDER = ("base_student", "stage1", "mimo", "mimo_lambda_0", "mimo_lambda_0.5", "mimo_lambda_1", "infonce",
+               "xlco", "lakda", "use_m", "teacher_en")
 
 
 def load_manifest(settings: Settings, asset: str):
@@ -30,18 +31,19 @@ def markdown_table(header, rows) -> str:
 
 def results_table(db: ResultsDB, dagster_run_id: str | None = None) -> str:
     """`evaluation.comparison_table` of a run's rows in DuckDB (the latest run's by default), markdown,
-    with its legend (intervals and the paired comparison against mimo from ``eval_compare``).
+    with its legend (intervals and the paired comparison against mimo from ``eval_compare``; with
+    several seeds of a model, the mean over seeds and their standard deviation).
 
     Rows of older runs (no interval, no comparison: NULL columns) give plain values."""
     from .evaluation import TABLE_LEGEND, EvalResult, comparison_table
 
     run = dagster_run_id or next(iter(db.query(
         "SELECT dagster_run_id FROM eval_metrics ORDER BY created_at DESC LIMIT 1").dagster_run_id), None)
-    df = db.query("SELECT model, benchmark, task, query_lang, metric, value, ci_low, ci_high FROM eval_metrics "
+    df = db.query("SELECT model, seed, benchmark, task, query_lang, metric, value, ci_low, ci_high FROM eval_metrics "
                   "WHERE dagster_run_id = ?", [run])
     if df.empty:
         return "(no evaluation results yet)"
-    compare = db.query("SELECT model, reference, benchmark, query_lang, metric, p_holm FROM eval_compare "
+    compare = db.query("SELECT model, reference, benchmark, query_lang, metric, seed, p_holm FROM eval_compare "
                        "WHERE dagster_run_id = ?", [run])
     present = set(df.model)
     models = tuple(m for m in MODEL_ORDER if m in present) + tuple(sorted(present - set(MODEL_ORDER)))
@@ -70,11 +72,24 @@ def print_summary(settings: Settings, dagster_run_id: str | None = None) -> None
     db_path = Path(settings.home) / "mimo.duckdb"
     if db_path.exists():
         db = ResultsDB(db_path)
-        ckpts = db.query("SELECT model, path FROM checkpoints WHERE dagster_run_id = ? ORDER BY model",
+        ckpts = db.query("SELECT model, seed, path FROM checkpoints WHERE dagster_run_id = ? ORDER BY model, seed",
                          [dagster_run_id or ""])
         if not ckpts.empty:
             print("\ncheckpoints:")
-            print(markdown_table(["model", "path"], ckpts.itertuples(index=False)))
+            from .evaluation import _seed
+
+            print(markdown_table(["model", "seed", "path"], [(m, "" if _seed(s) is None else _seed(s), p)
+                                                              for m, s, p in ckpts.itertuples(index=False)]))
         print("\nresults (query_lang = all; mean over benchmarks of a task):")
         print(results_table(db, dagster_run_id))
-    print(f"\nquery the results: duckdb {db_path}  (tables checkpoints, eval_metrics, eval_compare, au_metrics)")
+    au = load_manifest(settings, "au_analysis")
+    if au is not None and getattr(au, "rows", None):
+        from .eval_steps import au_markdown
+
+        print("\nalignment and uniformity (MLIR pool; DuckDB au_metrics):")
+        print(au_markdown(au))
+    if au is not None and getattr(au, "claims_md", ""):
+        print("\nthe paper's claims on this run:")
+        print(au.claims_md)
+    print(f"\nquery the results: duckdb -readonly {db_path}  (views checkpoints, eval_metrics, eval_compare, "
+          f"au_metrics)")
