@@ -33,8 +33,8 @@ def db(tmp_path):
     return db
 
 
-def test_readme_has_the_three_queries():
-    assert len(readme_queries()) == 3
+def test_readme_has_the_four_queries():
+    assert len(readme_queries()) == 4
 
 
 def test_best_model_per_benchmark(db):
@@ -51,10 +51,29 @@ def test_language_bias_gap(db):
 
 
 def test_teachers_side_by_side(db):
-    df = db.query(readme_queries()[2])
+    df = db.query(readme_queries()[3])
     assert set(df.teacher) == {"all-MiniLM-L6-v2", "all-mpnet-base-v2"}
     mimo = df[df.model == "mimo"].set_index("teacher").mlir_ndcg_at_10
     assert mimo["all-mpnet-base-v2"] - mimo["all-MiniLM-L6-v2"] == pytest.approx(0.05)
+
+
+def test_cross_minus_within_uniformity(tmp_path):
+    db = ResultsDB(tmp_path / "au.duckdb")
+    for run, shift in (("old", 5.0), ("new", 0.0)):  # only the latest run counts
+        db.append("au_metrics", [{"dagster_run_id": run, "model": m, "lang": lang, "metric": metric, "value": v + shift}
+                                 for m, lang, metric, v in (
+                                     ("mimo", "within", "uniformity", -1.2), ("mimo", "cross", "uniformity", -1.25),
+                                     ("infonce", "within", "uniformity", -1.1), ("infonce", "cross", "uniformity", -1.6),
+                                     ("infonce", "all", "alignment", 0.5), ("mimo", "de", "uniformity", -9.0))])
+    df = db.query(readme_queries()[2])
+    assert list(df.model) == ["infonce", "mimo"]  # the most language-separated first
+    assert list(df.cross_minus_within) == pytest.approx([-0.5, -0.05])
+
+
+def test_readme_documents_the_au_metrics_lang_values():
+    text = (REPO / "README.md").read_text()
+    for lang in ("`within`", "`cross`", "`all`", "e.g. `de`"):
+        assert lang in text.split("`au_metrics` holds")[1].split("```sql")[0]
 
 
 def test_readme_says_how_to_read_without_blocking_a_run():
