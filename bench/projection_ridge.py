@@ -18,11 +18,11 @@ import torch
 from mimo_pipeline.catalog import resolve_model
 from mimo_pipeline.corpus import read_corpus
 from mimo_pipeline.encoder import SentenceEncoder
-from mimo_pipeline.losses import Projection, distill_loss
+from mimo_pipeline.losses import distill_loss, fit_least_squares, make_projection
 from mimo_pipeline.teacher import build_teacher_embeddings
 
 
-def cosine_distance(projection: Projection, s: np.ndarray, t: np.ndarray) -> float:
+def cosine_distance(projection, s: np.ndarray, t: np.ndarray) -> float:
     with torch.no_grad():
         return float(distill_loss(projection(torch.from_numpy(s)), torch.from_numpy(t)))
 
@@ -36,7 +36,9 @@ def main(held_out: int = 512, sizes=(256, 512, 1024, 2048), ridges=(1e-3, 1e-1, 
     texts, en = t["text"].to_pylist(), t["en"].to_pylist()
     idx = np.random.default_rng(0).permutation(len(texts))[:max(sizes) + held_out]
     encoder = SentenceEncoder(students[0], max_seq_length=64)
-    s = np.concatenate([encoder.encode([texts[i] for i in idx]), encoder.encode([en[i] for i in idx])])
+    # Stage 1's inputs: the query prompt on both sides (see mimo_pipeline.stages)
+    s = np.concatenate([encoder.encode([texts[i] for i in idx], prompt="query"),
+                        encoder.encode([en[i] for i in idx], prompt="query")])
     teacher = build_teacher_embeddings([en[i] for i in idx], resolve_model("all-MiniLM-L6-v2", home),
                                        f"{home}/teacher_cache")
     t1 = teacher.vectors([en[i] for i in idx])
@@ -47,8 +49,8 @@ def main(held_out: int = 512, sizes=(256, 512, 1024, 2048), ridges=(1e-3, 1e-1, 
     for m in sizes:
         fit = np.r_[np.arange(m), n + np.arange(m)]
         for ridge in ridges:
-            p = Projection(s.shape[1], tt.shape[1]).fit_least_squares(
-                torch.from_numpy(s[fit]), torch.from_numpy(tt[fit]), ridge=ridge)
+            p = fit_least_squares(make_projection(s.shape[1], tt.shape[1]), torch.from_numpy(s[fit]),
+                                  torch.from_numpy(tt[fit]), ridge=ridge)
             print(f"| {m} | {ridge:g} | {cosine_distance(p, s[fit], tt[fit]):.3f} "
                   f"| {cosine_distance(p, s[test], tt[test]):.3f} |", flush=True)
 

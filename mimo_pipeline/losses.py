@@ -293,7 +293,25 @@ def stage1_loss(model, projection: nn.Linear, kind: str = "cosine"):
     return loss
 
 
-class _CachedTermsLoss:
+class _NoGradPrecision:
+    """Gradient caching's first pass (embeddings without gradients) in bf16 when
+    ``no_grad_dtype`` is set (`trainer.fit` sets it from `TrainConfig.precision`): the
+    pass whose vectors only feed the loss and its gradients, not the weights' graph. The
+    replay with gradients stays in the model's own precision; the vectors come back float32."""
+
+    no_grad_dtype: torch.dtype | None = None
+
+    def embed_minibatch(self, sentence_feature, begin, end, with_grad, copy_random_state, random_state=None):
+        if with_grad or self.no_grad_dtype is None:
+            return super().embed_minibatch(sentence_feature, begin, end, with_grad, copy_random_state, random_state)
+        device = next(self.model.parameters()).device.type
+        with torch.autocast(device, dtype=self.no_grad_dtype):
+            reps, state = super().embed_minibatch(sentence_feature, begin, end, with_grad, copy_random_state,
+                                                  random_state)
+        return reps.float(), state
+
+
+class _CachedTermsLoss(_NoGradPrecision):
     """What the cached MIMO losses share: the GradCache forward and the last step's terms."""
 
     last_terms: dict
@@ -398,6 +416,9 @@ def contrastive_loss(model, scale: float = 20.0, mini_batch_size: int = 32):
     import torch.distributed as dist
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
+    class CachedContrastiveLoss(_NoGradPrecision, CachedMultipleNegativesRankingLoss):
+        """`CachedMultipleNegativesRankingLoss` with the bf16 option for its no-gradient pass."""
+
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    return CachedMultipleNegativesRankingLoss(model, scale=scale, mini_batch_size=mini_batch_size,
-                                              gather_across_devices=distributed)
+    return CachedContrastiveLoss(model, scale=scale, mini_batch_size=mini_batch_size,
+                                 gather_across_devices=distributed)

@@ -20,21 +20,26 @@ from .checkpoint import read_pooling_spec
 from .fileio import write_json
 
 
-def _encode(encoder, texts: list[str], prompt: str, batch_size: int) -> np.ndarray:
+def _encode(encoder, texts: list[str], prompt: str, batch_size: int, precision: str) -> np.ndarray:
     if hasattr(encoder, "prompts") and hasattr(encoder, "similarity"):  # a SentenceTransformer
-        return encoder.encode(texts, prompt_name=prompt if prompt in (encoder.prompts or {}) else None,
-                              batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                              show_progress_bar=False)
+        from .precision import no_grad_precision
+
+        with no_grad_precision(precision, encoder.device):
+            vecs = encoder.encode(texts, prompt_name=prompt if prompt in (encoder.prompts or {}) else None,
+                                  batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True,
+                                  show_progress_bar=False)
+        return vecs.float().cpu().numpy()
     return encoder.encode(texts, prompt=prompt, batch_size=batch_size, normalize=True)
 
 
 def translation_p_at_1(encoder, corpus_path: str | Path, *, split: str = "eval", per_language: int = 200,
-                       seed: int = 13, batch_size: int = 64) -> dict[str, float]:
+                       seed: int = 13, batch_size: int = 64, precision: str = "fp32") -> dict[str, float]:
     """Held-out en↔X translation retrieval P@1 of a model's own vectors (mean of both directions).
 
     For each language, ``per_language`` seeded pairs of the split: each English sentence
     retrieves among the X sentences and vice versa, both with the ``query`` prompt (the
-    convention of Stage 1, see `stages`). Returns ``{lang: P@1, "all": mean}``.
+    convention of Stage 1, see `stages`). ``precision`` applies to a SentenceTransformer
+    (autocast); a `SentenceEncoder` has its own. Returns ``{lang: P@1, "all": mean}``.
     """
     table = pq.read_table(corpus_path, columns=["text", "en", "lang", "split"])
     table = table.filter(pc.equal(table["split"], split))
@@ -45,8 +50,8 @@ def translation_p_at_1(encoder, corpus_path: str | Path, *, split: str = "eval",
     for lang in sorted(set(langs)):
         idx = [i for i, g in enumerate(langs) if g == lang]
         idx = sorted(rng.choice(idx, size=min(per_language, len(idx)), replace=False).tolist())
-        en = _encode(encoder, [english[i] for i in idx], "query", batch_size)
-        x = _encode(encoder, [texts[i] for i in idx], "query", batch_size)
+        en = _encode(encoder, [english[i] for i in idx], "query", batch_size, precision)
+        x = _encode(encoder, [texts[i] for i in idx], "query", batch_size, precision)
         sim = en @ x.T
         gold = np.arange(len(idx))
         out[lang] = float(((sim.argmax(1) == gold).mean() + (sim.argmax(0) == gold).mean()) / 2)

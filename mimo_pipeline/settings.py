@@ -37,7 +37,7 @@ class TrainingSizes:
     batch_size: int = 16
     mini_batch_size: int | None = None
     max_length: int = 64
-    checkpoint_every: int = 10
+    checkpoint_every: int = 20  # trainer state for resume every N steps (each save writes the whole model)
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ PROFILES: dict[str, Profile] = {
         pairs=PairsConfig(max_pairs=200),
         # 20 query verses and their targets are 46 verses: 100 leaves 54 distractors (300 MLIR documents).
         benchmarks=BenchmarkConfig(query_verses=20, pool_verses=100, translation_queries=10),
-        training=TrainingSizes(stage1_steps=4, stage2_steps=3, batch_size=8, max_length=32, checkpoint_every=2),
+        training=TrainingSizes(stage1_steps=4, stage2_steps=3, batch_size=8, max_length=32, checkpoint_every=0),
         translation_p1_pairs=20,
     ),
 }

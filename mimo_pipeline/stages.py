@@ -25,6 +25,7 @@ queries.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -62,8 +63,12 @@ LAMBDA = 0.2
 ALPHA = 0.5
 STAGE1_PROMPT = "query"
 DEFAULT_SEED = 13
+#: The λ ablation (DESIGN §2): Stage 2 from the same Stage-1 checkpoint and W with these λ, beside mimo's 0.2.
+ABLATION_LAMBDAS = (0.0, 0.5, 1.0)
 #: Stage 1's quality gate: held-out translation P@1 may fall at most this far below the base student's.
 P1_MARGIN = 0.05
+#: The corpus split of the held-out P@1 probe (and the gate it decides).
+P1_SPLIT = "eval"
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,35 @@ class TrainedModel:
     config: dict = field(default_factory=dict)
     translation_p1: dict = field(default_factory=dict)  # held-out en↔X P@1 of the trained model
 
+    @property
+    def seed(self) -> int | None:
+        return self.config.get("stage", {}).get("train", {}).get("seed")
+
+
+def lambda_model_name(lam: float) -> str:
+    """``mimo_lambda_0``, ``mimo_lambda_0.5``, ``mimo_lambda_1`` (the contract's names)."""
+    return f"mimo_lambda_{lam:g}"
+
+
+@dataclass(frozen=True)
+class TrainedSet:
+    """What a training asset hands on: model name -> seed -> `TrainedModel`."""
+
+    models: dict
+
+    def get(self, name: str, seed: int | None = None) -> TrainedModel:
+        by_seed = self.models[name]
+        return by_seed[seed] if seed is not None else by_seed[min(by_seed)]
+
+    def seeds(self, name: str) -> list[int]:
+        return sorted(self.models.get(name, {}))
+
+    def names(self) -> list[str]:
+        return list(self.models)
+
+    def all(self) -> list[tuple[str, int, TrainedModel]]:
+        return [(name, seed, t) for name, by_seed in self.models.items() for seed, t in sorted(by_seed.items())]
+
 
 def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -136,8 +170,6 @@ def _prompt(init: ModelCheckpoint, kind: str) -> str:
 def _run(name: str, init: ModelCheckpoint, fingerprint: str, models_dir: str | Path, cfg: StageConfig,
          build_loss: Callable, dataset, prompts: dict[str, str], on_log, *, p1_corpus=None,
          card: dict | None = None) -> TrainedModel:
-    from .probe import translation_p_at_1
-
     dest = Path(models_dir) / name / fingerprint
     proj_path = Path(models_dir) / name / f"{fingerprint}.projection.safetensors"
     summary_path = Path(models_dir) / name / f"{fingerprint}.training.json"
@@ -149,7 +181,47 @@ def _run(name: str, init: ModelCheckpoint, fingerprint: str, models_dir: str | P
         return TrainedModel(ckpt, str(proj_path) if proj_path.exists() else None, s["steps"], s["wall_s"],
                             s["rows_per_s"], s["final_terms"], s["history"], 0, True, s["config"],
                             s.get("translation_p1", {}))
+    with _training_lock(Path(models_dir) / name / f".{fingerprint}.lock"):
+        if (dest / "modules.json").exists() and summary_path.exists():  # another run trained it meanwhile
+            return _run(name, init, fingerprint, models_dir, cfg, build_loss, dataset, prompts, on_log,
+                        p1_corpus=p1_corpus, card=card)
+        return _train(name, init, fingerprint, models_dir, cfg, build_loss, dataset, prompts, on_log,
+                      p1_corpus=p1_corpus, card=card, dest=dest, proj_path=proj_path, summary_path=summary_path,
+                      ckpt=ckpt)
+
+
+@contextlib.contextmanager
+def _training_lock(path: Path):
+    """One process trains a fingerprint at a time: two runs of the pipeline on one MIMO_HOME
+    would otherwise share (and clobber) one work folder. The second waits, then finds the
+    checkpoint. Under torch.distributed the launcher's process holds no lock: ranks must not
+    wait on each other here."""
+    import fcntl
+
+    if distributed_world()[1] > 1:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: another process is training this fingerprint; waiting for it", path.parent.name)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _train(name, init, fingerprint, models_dir, cfg, build_loss, dataset, prompts, on_log, *, p1_corpus, card,
+           dest, proj_path, summary_path, ckpt) -> TrainedModel:
+    from .probe import translation_p_at_1
+
     work = Path(models_dir) / name / f".work-{fingerprint}"
+    if dataset is None:
+        raise MimoInputError(f"{name}: no training rows were laid out (the checkpoint {dest} vanished while "
+                             "this run started); re-run the asset", source=str(dest))
     model = load_student(init.path, cfg.train)
     loss = build_loss(model)
     t = cfg.train
@@ -161,7 +233,8 @@ def _run(name: str, init: ModelCheckpoint, fingerprint: str, models_dir: str | P
     projection = getattr(loss, "projection", None)
     if distributed_world()[0] == 0:  # with torch.distributed, rank 0 writes
         if p1_corpus is not None:  # held-out en↔X P@1 of the model in memory, for the card and the gate
-            p1 = translation_p_at_1(model, p1_corpus, split="eval", per_language=(card or {}).get("p1_pairs", 100))
+            p1 = translation_p_at_1(model, p1_corpus, split=P1_SPLIT, per_language=(card or {}).get("p1_pairs", 100),
+                                    precision=t.precision)
         if projection is not None:
             save_projection(projection, proj_path)
         with atomic_dir(dest) as tmp:
@@ -248,7 +321,8 @@ def train_stage1(init: ModelCheckpoint, corpus_path: str | Path, teacher: Teache
                                      "label": np.stack([vec_of[e] for e in english]).tolist()})
         if cfg.projection_init == "lstsq":
             fit_projection(projection, init, rows, teacher, _fit_rows(len(rows.texts), order, cfg.projection_fit_rows,
-                                                                      t.seed), t.max_length, cfg.projection_ridge)
+                                                                      t.seed), t.max_length, cfg.projection_ridge,
+                           t.precision)
     card = {"recipe": f"Stage 1: EmbedDistillLoss ({cfg.distill}) through W "
                       f"({cfg.projection_init} init), English identity rows {rows.n_identity} of {len(rows.texts)}",
             "data": f"parallel corpus `{corpus_path}` (training split)", **(card or {})}
@@ -257,14 +331,14 @@ def train_stage1(init: ModelCheckpoint, corpus_path: str | Path, teacher: Teache
 
 
 def fit_projection(projection, init: ModelCheckpoint, rows: Stage1Rows, teacher: TeacherEmbeddings,
-                   fit_rows: np.ndarray, max_length: int, ridge: float) -> None:
+                   fit_rows: np.ndarray, max_length: int, ridge: float, precision: str = "fp32") -> None:
     """``W`` by least squares from the frozen student's vectors of ``fit_rows`` (Stage 1's
-    prompt) to the teacher's vectors of their English versions."""
+    prompt, encoded in ``precision``) to the teacher's vectors of their English versions."""
     import torch
 
     from .encoder import SentenceEncoder
 
-    encoder = SentenceEncoder(init.path, max_seq_length=max_length)
+    encoder = SentenceEncoder(init.path, max_seq_length=max_length, precision=precision)
     s = encoder.encode([rows.texts[r] for r in fit_rows], prompt=STAGE1_PROMPT)
     t = teacher.vectors([rows.english[r] for r in fit_rows])
     fit_least_squares(projection, torch.from_numpy(np.asarray(s)), torch.from_numpy(np.asarray(t)), ridge=ridge)

@@ -67,9 +67,12 @@ class TrainConfig:
     ``steps`` optimizer steps of ``batch_size`` rows each (every row of a step is an
     in-batch negative of every other). ``mini_batch_size`` (None = ``batch_size``) is the
     chunk of gradient caching: it bounds memory and leaves the weights unchanged.
-    ``checkpoint_every`` = 0 saves the resumable trainer state only at the end.
+    ``checkpoint_every`` = 0 saves no resumable trainer state (a crash restarts the model's
+    training; the finished model is written by the caller either way).
     ``device`` None picks CUDA when available. ``bf16`` trains under bf16 autocast on
     CUDA (ignored on CPU, where it measured no faster). ``max_grad_norm`` None = no clipping.
+    ``precision`` is that of gradient caching's no-gradient pass (``auto`` = bf16 where the
+    hardware has it); it changes the weights slightly, so it is part of the fingerprint.
     """
 
     steps: int
@@ -87,6 +90,7 @@ class TrainConfig:
     bf16: bool = False
     max_grad_norm: float | None = 1.0
     optim: str = "adamw_torch_fused"
+    precision: str = "fp32"  # gradient caching's no-gradient pass: auto | fp32 | bf16 (`precision`)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_length", "log_every"):
@@ -96,7 +100,7 @@ class TrainConfig:
         if self.mini_batch_size is not None and (not _is_int(self.mini_batch_size) or self.mini_batch_size <= 0):
             raise _bad("mini_batch_size", self.mini_batch_size, "an integer >= 1, or None for the whole batch")
         if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
-            raise _bad("checkpoint_every", self.checkpoint_every, "an integer >= 0 (0 = only at the end)")
+            raise _bad("checkpoint_every", self.checkpoint_every, "an integer >= 0 (0 = no resumable state)")
         if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
             raise _bad("seed", self.seed, "an integer in [0, 2**32)")
         if not _is_num(self.lr) or self.lr <= 0:
@@ -112,6 +116,10 @@ class TrainConfig:
                 raise _bad(name, getattr(self, name), "True or False")
         if self.optim not in OPTIMIZERS:
             raise _bad("optim", self.optim, f"one of {OPTIMIZERS}")
+        from .precision import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise _bad("precision", self.precision, f"one of {PRECISIONS}")
         if self.device is not None:
             try:
                 torch.device(self.device)
@@ -309,7 +317,6 @@ def training_arguments(config: TrainConfig, output_dir: str | os.PathLike, promp
         raise MimoInputError(f"batch of {config.batch_size} rows does not split evenly over {world} processes: use a "
                              f"multiple of {world}", source="TrainConfig.batch_size")
     device = config.resolved_device()
-    save_every = config.checkpoint_every or config.steps
     return SentenceTransformerTrainingArguments(
         output_dir=str(output_dir),
         max_steps=config.steps,
@@ -328,8 +335,8 @@ def training_arguments(config: TrainConfig, output_dir: str | os.PathLike, promp
         ddp_backend="gloo" if device.type == "cpu" and world > 1 else None,
         logging_steps=config.log_every,
         logging_nan_inf_filter=False,
-        save_strategy="steps",
-        save_steps=save_every,
+        save_strategy="steps" if config.checkpoint_every else "no",
+        save_steps=config.checkpoint_every or config.steps,
         save_total_limit=1,
         report_to="none",
         disable_tqdm=True,
@@ -358,6 +365,11 @@ def fit(model, loss: nn.Module, dataset, config: TrainConfig, work_dir: str | os
         raise MimoInputError("nothing to train: every parameter is frozen", source="model")
     if hasattr(loss, "mini_batch_size"):
         loss.mini_batch_size = config.chunk
+    if hasattr(loss, "no_grad_dtype"):
+        from .precision import resolve_precision
+
+        bf16 = resolve_precision(config.precision, config.resolved_device()) == "bf16"
+        loss.no_grad_dtype = torch.bfloat16 if bf16 else None
     args = training_arguments(config, work_dir, prompts)
     trainer = _trainer_class()(model=model, args=args, train_dataset=dataset, loss=loss,
                                callbacks=_callbacks(loss, model, on_log) + list(callbacks or []))

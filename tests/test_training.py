@@ -264,3 +264,40 @@ def test_chunk_and_fingerprint_settings():
     assert cfg(mini_batch_size=None).chunk == 16 and cfg(mini_batch_size=64).chunk == 16
     s = cfg(mini_batch_size=4).result_settings()
     assert s["batch_size"] == 16 and s["mini_batch_size"] == 4 and "log_every" not in s
+
+
+# --------------------------------------------------------------------------- precision, concurrency
+
+
+def test_bf16_no_grad_pass_moves_the_weights_a_little(no_dropout_dir, tmp_path):
+    """Gradient caching's no-gradient pass in bf16 (the `precision` setting): the same run as fp32
+    up to bf16 rounding of the cached embeddings; a different run, so its fingerprint differs."""
+    fp32, _, _ = train_mimo(no_dropout_dir, tmp_path / "fp32", cfg(precision="fp32"))
+    bf16, _, _ = train_mimo(no_dropout_dir, tmp_path / "bf16", cfg(precision="bf16"))
+    a, b = weights(fp32), weights(bf16)
+    assert not _allclose(a, b, atol=0.0)
+    assert _allclose(a, b, atol=2e-3)
+    assert cfg(precision="bf16").result_settings() != cfg(precision="fp32").result_settings()
+
+
+def test_a_second_process_waits_for_the_fingerprint_being_trained(tmp_path):
+    """Two runs on one MIMO_HOME training one fingerprint: the second waits for the first's lock."""
+    import threading
+    import time
+
+    from mimo_pipeline.stages import _training_lock
+
+    lock = tmp_path / ".fp.lock"
+    order = []
+
+    def second():
+        with _training_lock(lock):
+            order.append("second")
+
+    with _training_lock(lock):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        order.append("first done")
+    t.join(timeout=10)
+    assert order == ["first done", "second"]
