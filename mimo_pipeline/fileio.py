@@ -173,12 +173,45 @@ def read_parquet(path: str | os.PathLike, columns: Sequence[str] | None = None, 
 
 
 def check_parquet(path: str | os.PathLike) -> str | None:
-    """Why a Parquet file cannot be read in full (checksums included), or None if it can."""
+    """Why a Parquet file cannot be read in full (checksums included), or None if it can.
+
+    Reads batch by batch: memory stays flat however large the file."""
     try:
-        read_parquet(path)
+        for _ in iter_parquet_batches(path, batch_size=8192):
+            pass
     except CorruptFileError as e:
         return e.reason
     return None
+
+
+def iter_parquet_batches(path: str | os.PathLike, columns: Sequence[str] | None = None, *,
+                         batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """Record batches of a Parquet file, page checksums checked, a row group at a time:
+    what streams a large file through constant memory. A file that cannot be read raises
+    `CorruptFileError` (a missing one `FileNotFoundError`)."""
+    try:
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
+        it = pf.iter_batches(batch_size=batch_size, columns=list(columns) if columns is not None else None)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            yield batch
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as e:
+        raise CorruptFileError(path, f"{type(e).__name__}: {e}") from e
+
+
+@contextlib.contextmanager
+def parquet_writer(dest: str | os.PathLike, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A `pyarrow.parquet.ParquetWriter` on a temporary name beside `dest` (zstd, page
+    checksums), renamed onto `dest` once the block ends without error: write a large
+    table batch by batch, atomically (see `atomic_path`)."""
+    with atomic_path(dest) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="zstd", write_page_checksum=True) as writer:
+            yield writer
 
 
 def quarantine(path: str | os.PathLike, rebuilt: str) -> Path:

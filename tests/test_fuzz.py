@@ -1,7 +1,7 @@
 """Fuzzing the parsers of user files with hypothesis.
 
-Property: on any input, `corpus.load_user_corpus`, `benchmarks.load_benchmark` and
-`e5s1.read_e5s1` either return or raise one of the project's own errors
+Property: on any input, `corpus.load_user_corpus`, `pairs.build_user_pairs` (both pairs
+layouts), `benchmarks.load_benchmark` and `e5s1.read_e5s1` either return or raise one of the project's own errors
 (`errors.MimoError`, e.g. `MimoInputError`), never a bare IndexError, KeyError,
 struct.error, UnicodeDecodeError, ValueError from deep inside.
 
@@ -28,6 +28,7 @@ from mimo_pipeline.benchmarks import load_benchmark
 from mimo_pipeline.corpus import load_user_corpus
 from mimo_pipeline.e5s1 import E5S1Config, read_e5s1, write_e5s1
 from mimo_pipeline.errors import MimoError
+from mimo_pipeline.pairs import PairsConfig, PairsResult, build_user_pairs, read_pairs
 
 # Deterministic in CI (the same 150 examples per test); MIMO_FUZZ_EXAMPLES=5000 explores afresh.
 _EXPLORE = os.environ.get("MIMO_FUZZ_EXAMPLES")
@@ -121,6 +122,85 @@ def test_user_corpus_parquet(table, mangle, pos):
                 data[i] ^= 0xFF
             p.write_bytes(bytes(data))
         returns_or_mimo_error(load_user_corpus, p)
+
+
+# --------------------------------------------------------------------------- user pairs
+
+PAIR_COLUMNS = ["pair_id", "lang", "query", "passage", "query_en", "positive_en", "query_de", "positive_de",
+                "query_dt", "positive_dt", "query_xx", "query_", "positive_EN", "other"]
+PAIR_TOKENS = st.sampled_from([
+    *PAIR_COLUMNS, "en", "de", "dt", "nl", "xx", "EN", "p1", "p2", "1", "What is it?", "It is a thing.",
+    "Was ist es?", "Es ist ein Ding.", "\t", "\t", "\t", "\n", "\n", "\r\n", '"', " ", "", "\x00", "\ufeff",
+])
+
+
+def _pairs_tsv_bytes():
+    header = st.lists(st.sampled_from(PAIR_COLUMNS), min_size=0, max_size=6)
+    cell = st.one_of(PAIR_TOKENS, st.text(max_size=12))
+    return st.one_of(
+        st.binary(max_size=300),
+        st.lists(PAIR_TOKENS, max_size=40).map("".join).map(lambda s: s.encode("utf-8", "surrogatepass")),
+        st.tuples(header, st.lists(st.lists(cell, max_size=6).map("\t".join), max_size=6)).map(
+            lambda hr: ("\t".join(hr[0]) + "\n" + "\n".join(hr[1])).encode("utf-8", "surrogatepass")),
+    )
+
+
+def _check_pairs(out):
+    if isinstance(out, PairsResult):
+        rows = read_pairs(out.path)
+        assert len(rows) == out.n_pairs > 0
+        assert all(r["lang_a"] != r["lang_b"] and r["q_en"] and r["p_en"] and r["q_a"] and r["p_b"] for r in rows)
+
+
+@FUZZ
+@given(data=_pairs_tsv_bytes(), max_pairs=st.one_of(st.none(), st.integers(1, 3)))
+def test_user_pairs_tsv_bytes(data, max_pairs):
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "pairs.tsv"
+        p.write_bytes(data)
+        _check_pairs(returns_or_mimo_error(build_user_pairs, PairsConfig(source_path=str(p), max_pairs=max_pairs),
+                                           Path(d) / "out"))
+
+
+@st.composite
+def pair_tables(draw):
+    n = draw(st.integers(0, 6))
+    names = draw(st.lists(st.sampled_from(PAIR_COLUMNS), max_size=8, unique=True))
+    cols = {}
+    for name in names:
+        kind = draw(st.sampled_from(list(_CELLS)) if draw(st.booleans()) else st.just("string"))
+        cells = st.one_of(_CELLS[kind], PAIR_TOKENS) if kind == "string" else _CELLS[kind]
+        cols[name] = pa.array(draw(st.lists(cells, min_size=n, max_size=n)), _ARROW[kind])
+    return pa.table(cols) if cols else pa.table({"unrelated": pa.array([], pa.int64())})
+
+
+@FUZZ
+@given(table=pair_tables(), mangle=st.sampled_from(["none", "none", "truncate", "flip"]), pos=st.integers(0, 10**6))
+def test_user_pairs_parquet(table, mangle, pos):
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "pairs.parquet"
+        pq.write_table(table, p)
+        if mangle != "none":
+            data = bytearray(p.read_bytes())
+            i = pos % len(data)
+            if mangle == "truncate":
+                data = data[:i]
+            else:
+                data[i] ^= 0xFF
+            p.write_bytes(bytes(data))
+        _check_pairs(returns_or_mimo_error(build_user_pairs, PairsConfig(source_path=str(p)), Path(d) / "out"))
+
+
+def test_user_pairs_accept_valid_files():
+    """The pairs fuzz property is not vacuous: well-formed wide and long files give pairs."""
+    with tempfile.TemporaryDirectory() as d:
+        wide = Path(d) / "w.tsv"
+        wide.write_text("query_en\tpositive_en\tquery_dt\tpositive_dt\nWhat?\tThat.\tWat?\tDat.\n")
+        out = build_user_pairs(PairsConfig(source_path=str(wide)), Path(d) / "out")
+        assert out.n_pairs == 1 and out.languages == ("en", "nl")
+        long = Path(d) / "l.tsv"
+        long.write_text("pair_id\tlang\tquery\tpassage\np1\ten\tWhat?\tThat.\np1\tde\tWas?\tDas.\n")
+        assert build_user_pairs(PairsConfig(source_path=str(long)), Path(d) / "out").n_pairs == 1
 
 
 # --------------------------------------------------------------------------- benchmarks

@@ -31,6 +31,7 @@ from mimo_pipeline.embedding_cache import EmbeddingCache
 from mimo_pipeline.errors import MimoInputError, ModelNotFoundError
 from mimo_pipeline.evaluation import EvalConfig
 from mimo_pipeline.pairs import COLUMNS as PAIR_COLUMNS
+from mimo_pipeline.pairs import PairsConfig, build_user_pairs
 from mimo_pipeline.settings import get_profile
 from mimo_pipeline.stages import StageConfig, train_baseline, train_stage2
 from mimo_pipeline.student import ModelCheckpoint
@@ -191,6 +192,42 @@ def _(c):
 def _(c):
     return load_user_corpus(tsv(c.tmp / "split.tsv", "verse_id\tsplit\ten\ttext\tlang\n"
                                 "v1\ttrain\tHello there.\tHallo da.\tde\nv1\ttest\tHello there.\tBonjour.\tfr\n"))
+
+
+@case("pairs-wide-no-english-columns", "{tmp}/mmarco.parquet: ", "no English columns query_en and positive_en",
+      "the teacher embeds the English query and passage of every pair: add them")
+def _(c):
+    path = c.tmp / "mmarco.parquet"
+    pq.write_table(pa.table({"query_de": ["Was?"], "positive_de": ["Das."], "query_dt": ["Wat?"],
+                             "positive_dt": ["Dat."]}), path)
+    return build_user_pairs(PairsConfig(source_path=str(path)), c.tmp / "out")
+
+
+@case("pairs-wide-empty-english-passage", "{tmp}/mmarco.tsv: row 2: ", "empty English passage (positive_en)",
+      "fill it in or delete the row")
+def _(c):
+    return build_user_pairs(PairsConfig(source_path=str(tsv(c.tmp / "mmarco.tsv",
+                                                            "query_en\tpositive_en\tquery_de\tpositive_de\n"
+                                                            "What?\tThat.\tWas?\tDas.\nWhy?\t \tWarum?\tDarum.\n"))),
+                            c.tmp / "out")
+
+
+@case("pairs-long-language-twice", "{tmp}/long.tsv: row 3: ",
+      "pair_id 'p1' has two rows for language 'de' (rows 2 and 3)", "keep one query and passage per pair and language")
+def _(c):
+    return build_user_pairs(PairsConfig(source_path=str(tsv(c.tmp / "long.tsv",
+                                                            "pair_id\tlang\tquery\tpassage\np1\ten\tWhat?\tThat.\n"
+                                                            "p1\tde\tWas?\tDas.\np1\tde\tWie?\tSo.\n"))),
+                            c.tmp / "out")
+
+
+@case("pairs-long-no-english-row", "{tmp}/long.tsv: row 3: ", "pair_id 'p2' has no English row (lang en)",
+      "add its en row or delete the pair's rows")
+def _(c):
+    return build_user_pairs(PairsConfig(source_path=str(tsv(c.tmp / "long.tsv",
+                                                            "pair_id\tlang\tquery\tpassage\np1\ten\tWhat?\tThat.\n"
+                                                            "p1\tde\tWas?\tDas.\np2\tde\tWie?\tSo.\n"))),
+                            c.tmp / "out")
 
 
 @case("benchmark-qrels-missing-document", "{tmp}/bench/qrels/test.tsv: ",
