@@ -1,10 +1,11 @@
+import dataclasses
 from typing import List, Optional
 
 from dagster import (AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Config,
                      MaterializeResult, MetadataValue, asset)
 from pydantic import Field
 
-from mimo_pipeline.corpus import CorpusResult, build_parallel_corpus_cached
+from mimo_pipeline.corpus import FILTER_PRESETS, SPLITS, CorpusResult, build_parallel_corpus_cached
 from mimo_pipeline.pairs import PairsConfig, PairsResult, build_stage2_pairs
 from resources import MimoSettings
 
@@ -15,22 +16,45 @@ class ParallelCorpusConfig(Config):
     """Overrides of the profile's corpus settings (unset = the profile's value)."""
 
     languages: Optional[List[str]] = Field(
-        default=None, description="Non-English ISO 639-1 codes (default: de fr es ru ar zh ko).")
+        default=None, description="Non-English ISO 639-1 codes (default: de fr es ru ar zh ko; for a user corpus, "
+                                  "the languages the file has).")
     extra_languages: List[str] = Field(default_factory=list, description="Languages added to the set.")
     source_path: Optional[str] = Field(
-        default=None, description="A user corpus (TSV/Parquet/datasets folder with en, text, lang) "
-                                  "instead of the packaged Bible.")
+        default=None, description="A user corpus (TSV/Parquet/datasets folder with en, text, lang, optional split, "
+                                  "verse_id) instead of the packaged Bible; read in streamed batches.")
     max_train_verses: Optional[int] = Field(default=None, description="Cap on training verses (seeded sample).")
+    max_dev_verses: Optional[int] = Field(default=None, description="Cap on dev verses (seeded sample).")
     max_eval_verses: Optional[int] = Field(default=None, description="Cap on evaluation verses (seeded sample).")
+    filter_preset: Optional[str] = Field(
+        default=None, description="Filter settings by name: 'pipeline' (the default: script-aware length units "
+                                  "10-1000, ratio <= 3, English de-duplicated per language, no language cap) or "
+                                  "'official' (the MIMO release's Stage-1 preparation: 10-512 characters, ratio <= 3, "
+                                  "English de-duplicated across languages, 500,000 pairs per language). The fields "
+                                  "below override single settings.")
+    min_chars: Optional[int] = Field(default=None, description="Shortest side, at least (length_unit).")
+    max_chars: Optional[int] = Field(default=None, description="Longest side, at most (length_unit).")
     max_length_ratio: Optional[float] = Field(default=None, description="Longest/shortest side, at most.")
+    length_unit: Optional[str] = Field(default=None, description="'units' (script-aware: a Han ideograph 3.5) or "
+                                                                 "'chars' (code points, the official count).")
+    english_dedup: Optional[str] = Field(default=None, description="'language' (an English sentence once per "
+                                                                   "language) or 'corpus' (once in the whole "
+                                                                   "training split, the official way).")
+    max_per_language: Optional[int] = Field(default=None, description="Cap on training pairs per language (the "
+                                                                      "first ones kept); official: 500,000.")
+    eval_fraction: Optional[float] = Field(default=None, description="User corpus without a split: share of "
+                                                                     "sentences held out as eval.")
+    dev_fraction: Optional[float] = Field(default=None, description="User corpus without a split: share of "
+                                                                    "sentences held out as dev.")
     seed: Optional[int] = None
 
 
 @asset(
     group_name="data",
-    code_version="1",
-    description="English–X parallel pairs from the packaged Bible (or a user corpus), filtered and split "
-                "by book: Old Testament = train, New Testament = eval. Parquet under MIMO_HOME/corpus.",
+    code_version="2",
+    description="English–X parallel pairs from the packaged Bible (or a user corpus, streamed), filtered and split "
+                "by book: Old Testament = train, less seven whole dev books (Ruth, Esther, Proverbs, Ecclesiastes, "
+                "Joel, Micah, Malachi) = dev, New Testament = eval (test only). Parquet under MIMO_HOME/corpus. "
+                "Metadata: rows kept and dropped per language, split and reason; the filter settings in force.",
     check_specs=[AssetCheckSpec("every_language_has_pairs", asset="parallel_corpus")],
     io_manager_key="artifacts",
 )
@@ -38,26 +62,36 @@ def parallel_corpus(context: AssetExecutionContext, config: ParallelCorpusConfig
     s = settings.resolve()
     languages = tuple(config.languages) if config.languages else s.profile.corpus.languages
     languages = tuple(dict.fromkeys((*languages, *config.extra_languages)))
-    corpus_config = s.with_corpus(
-        languages=languages, source_path=config.source_path, max_train_verses=config.max_train_verses,
-        max_eval_verses=config.max_eval_verses, max_length_ratio=config.max_length_ratio, seed=config.seed)
+    base = s.with_corpus(languages=languages, source_path=config.source_path)
+    if config.filter_preset is not None:
+        base = base.with_preset(config.filter_preset)
+    overrides = {k: getattr(config, k) for k in (
+        "max_train_verses", "max_dev_verses", "max_eval_verses", "min_chars", "max_chars", "max_length_ratio",
+        "length_unit", "english_dedup", "max_per_language", "eval_fraction", "dev_fraction", "seed")}
+    corpus_config = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     result = build_parallel_corpus_cached(corpus_config, s.corpus_dir)
 
-    rows = sorted(result.rows_by_lang_split.items())
     per_lang = {}
-    for (lang, split), n in rows:
+    for (lang, split), n in sorted(result.rows_by_lang_split.items()):
         per_lang.setdefault(lang, {})[split] = n
     empty = sorted(lang for lang in result.languages if not sum(per_lang.get(lang, {}).values()))
+    filters = result.filters or corpus_config.filter_settings()
+    context.log.info(f"parallel corpus {result.path}: {result.n_rows} rows; filters {filters}; verses per split "
+                     f"{result.n_verses_by_split}")
     return MaterializeResult(
         value=result,
         metadata={
             "path": path_meta(result.path),
             "dagster/row_count": MetadataValue.int(result.n_rows),
+            "source": MetadataValue.text(result.source),
             "languages": MetadataValue.text(" ".join(result.languages)),
             "rows_per_language": md_table(
-                ["lang", "train", "eval"],
-                [(lang, d.get("train", 0), d.get("eval", 0)) for lang, d in sorted(per_lang.items())]),
+                ["lang", *SPLITS], [(lang, *(d.get(sp, 0) for sp in SPLITS)) for lang, d in sorted(per_lang.items())]),
+            "verses_per_split": MetadataValue.json(result.n_verses_by_split),
+            "filter_settings": MetadataValue.json(filters),
+            "filter_presets": MetadataValue.json(FILTER_PRESETS),
             "filters": md_table(["lang", *result.stats_columns], result.stats_rows),
+            "filters_by_split": md_table(["lang", "split", *result.stats_columns], result.stats_by_split),
         },
         check_results=[AssetCheckResult(
             check_name="every_language_has_pairs", passed=not empty, severity=AssetCheckSeverity.ERROR,

@@ -21,13 +21,24 @@ class BenchmarksConfig(Config):
     pool_verses: Optional[int] = Field(default=None, description="Pool verses (each in every language).")
     translation_queries: Optional[int] = Field(default=None, description="Verses queried in the translation task.")
     user_folders: List[str] = Field(default_factory=list, description="BEIR or MIMO-release benchmark folders.")
+    dev_query_verses: Optional[int] = Field(default=None, description="dev- benchmarks: query verses (unset: a "
+                                                                      "quarter of query_verses).")
+    dev_pool_verses: Optional[int] = Field(default=None, description="dev- benchmarks: pool verses (unset: a "
+                                                                     "quarter of pool_verses).")
+    dev_translation_queries: Optional[int] = Field(default=None, description="dev- benchmarks: translation queries "
+                                                                             "(unset: a quarter).")
+    bible_benchmarks: Optional[bool] = Field(
+        default=None, description="Build mlir/monolingual from the packaged Bible's cross-references (unset: yes for "
+                                  "the Bible, no for a user corpus, whose verse_id values would have to be Bible ids).")
 
 
 @asset(
     group_name="evaluation",
-    code_version="1",
+    code_version="2",
     description="Held-out benchmarks from the New Testament in BEIR form: mlir (queries in every language, one "
-                "mixed pool), monolingual-<lang>, translation; plus any user BEIR folders.",
+                "mixed pool), monolingual-<lang>, translation; the same, a quarter the size, from the dev books "
+                "(dev-mlir, dev-monolingual-<lang>, dev-translation); plus any user BEIR folders. With a user "
+                "corpus: translation and dev-translation from its eval and dev splits, the Bible unread.",
     check_specs=[AssetCheckSpec("every_benchmark_has_queries", asset="mlir_benchmarks")],
     io_manager_key="artifacts",
 )
@@ -35,15 +46,22 @@ def mlir_benchmarks(context: AssetExecutionContext, config: BenchmarksConfig, pa
                     settings: MimoSettings):
     s = settings.resolve()
     bench_config = s.with_benchmarks(query_verses=config.query_verses, pool_verses=config.pool_verses,
-                                     translation_queries=config.translation_queries)
+                                     translation_queries=config.translation_queries,
+                                     dev_query_verses=config.dev_query_verses, dev_pool_verses=config.dev_pool_verses,
+                                     dev_translation_queries=config.dev_translation_queries,
+                                     bible_benchmarks=config.bible_benchmarks)
     result = build_benchmark_set(parallel_corpus.path, parallel_corpus.languages, s.home / "benchmarks",
-                                 bench_config, user_folders=config.user_folders)
+                                 bench_config, user_folders=config.user_folders,
+                                 user_corpus=not getattr(parallel_corpus, "is_bible", True))
+    for note in result.notes:
+        context.log.info(note)
     cols = ["name", "task", "documents", "queries", "qrels", "languages"]
     empty = [b["name"] for b in result.summaries if not b["queries"]]
     return MaterializeResult(
         value=result,
         metadata={"path": path_meta(result.root), "benchmarks": md_table(cols, [[b[c] for c in cols]
                                                                               for b in result.summaries]),
+                  "notes": MetadataValue.text("; ".join(result.notes) or "none"),
                   "dagster/row_count": MetadataValue.int(sum(b["queries"] for b in result.summaries))},
         check_results=[AssetCheckResult(check_name="every_benchmark_has_queries", passed=not empty,
                                         metadata={"empty": MetadataValue.text(" ".join(empty) or "none")})],

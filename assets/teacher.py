@@ -5,7 +5,8 @@ from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Co
 from pydantic import Field
 
 from mimo_pipeline.corpus import CorpusResult
-from mimo_pipeline.teacher import build_teacher_embeddings, check_teacher_embeddings, english_texts
+from mimo_pipeline.pairs import PairsResult
+from mimo_pipeline.teacher import TEACHER_SPLITS, build_teacher_embeddings, check_teacher_embeddings, iter_teacher_texts
 from resources import MimoSettings, ModelCatalog
 
 from ._meta import path_meta
@@ -20,9 +21,10 @@ class TeacherEmbeddingsConfig(Config):
 
 @asset(
     group_name="teacher",
-    code_version="1",
+    code_version="2",
     deps=["teacher_model"],
-    description="The teacher's vectors of every English training sentence, cached as Parquet in "
+    description="The teacher's vectors of every English sentence training reads (the corpus' train and dev "
+                "splits, the retrieval pairs' English query and passage), streamed in chunks, cached as Parquet in "
                 "MIMO_HOME/teacher_cache/<teacher fingerprint>/ keyed by text hash: a re-run encodes "
                 "only what is missing, a teacher swap writes a new cache beside the old one. bf16 vectors "
                 "(precision auto on bf16 hardware, or bf16) go to <teacher fingerprint>-bf16/.",
@@ -30,16 +32,19 @@ class TeacherEmbeddingsConfig(Config):
     io_manager_key="artifacts",
 )
 def teacher_embeddings(context: AssetExecutionContext, config: TeacherEmbeddingsConfig, parallel_corpus: CorpusResult,
-                       settings: MimoSettings, catalog: ModelCatalog):
+                       retrieval_pairs: PairsResult, settings: MimoSettings, catalog: ModelCatalog):
     s = settings.resolve()
-    texts = english_texts(parallel_corpus.path, splits=("train",))
-    result = build_teacher_embeddings(texts, catalog.resolve_teacher(), s.teacher_cache_dir,
+
+    def texts():
+        return iter_teacher_texts(parallel_corpus.path, TEACHER_SPLITS, retrieval_pairs)
+
+    result = build_teacher_embeddings(texts(), catalog.resolve_teacher(), s.teacher_cache_dir,
                                       batch_size=s.profile.encode_batch_size,
                                       precision=s.encode_precision(config.precision))
     r = result.report
     context.log.info(f"teacher cache: {r.hits} hits, {r.misses} misses, "
                      f"{r.sentences_per_s:.1f} sentences/s, {r.cache_bytes / 1e6:.1f} MB")
-    check = check_teacher_embeddings(result, texts)
+    check = check_teacher_embeddings(result, texts())
     return MaterializeResult(
         value=result,
         metadata={

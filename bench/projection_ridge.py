@@ -4,15 +4,18 @@ Needs a finished `make run` (the default corpus and base student under MIMO_HOME
 
     MIMO_HOME=./data .venv/bin/python -m bench.projection_ridge
 
-Encodes 2,560 seeded training rows (both sides) with the frozen student, fits ``W`` on the
-first 256..2048 rows and prints the mean cosine distance of ``W·s`` to the teacher's
-vectors on the fit rows and on the 512 rows left out.
+Encodes 2,048 seeded training rows and 512 seeded dev rows (both sides) with the frozen
+student, fits ``W`` on the first 256..2048 training rows and prints the mean cosine
+distance of ``W·s`` to the teacher's vectors on the fit rows and on the dev rows. The
+held-out side is the corpus' dev split (whole Old Testament books that training never
+draws): settings are chosen on dev, the New Testament (eval) stays test only.
 """
 
 import glob
 import os
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from mimo_pipeline.catalog import resolve_model
@@ -29,12 +32,20 @@ def cosine_distance(projection, s: np.ndarray, t: np.ndarray) -> float:
 
 def main(held_out: int = 512, sizes=(256, 512, 1024, 2048), ridges=(1e-3, 1e-1, 1.0, 3.0, 10.0)) -> None:
     home = os.environ.get("MIMO_HOME", "data")
-    corpora, students = glob.glob(f"{home}/corpus/*/parallel.parquet"), glob.glob(f"{home}/models/base_student/*/")
+    corpora = sorted(glob.glob(f"{home}/corpus/*/parallel.parquet"), key=os.path.getmtime, reverse=True)  # newest
+    students = glob.glob(f"{home}/models/base_student/*/")
     if not corpora or not students:
         raise SystemExit(f"no corpus or base_student under {home}: run `make run` first")
-    t = read_corpus(corpora[0], "train", ["text", "en"])
-    texts, en = t["text"].to_pylist(), t["en"].to_pylist()
-    idx = np.random.default_rng(0).permutation(len(texts))[:max(sizes) + held_out]
+    train = read_corpus(corpora[0], "train", ["text", "en"])
+    dev = read_corpus(corpora[0], "dev", ["text", "en"])
+    if dev.num_rows < held_out:
+        raise SystemExit(f"{corpora[0]} has {dev.num_rows} dev rows, fewer than {held_out}: rebuild the corpus "
+                         f"(`make run`) so that it has the dev split")
+    rng = np.random.default_rng(0)
+    rows = pa.concat_tables([train.take(rng.permutation(train.num_rows)[:max(sizes)]),
+                             dev.take(rng.permutation(dev.num_rows)[:held_out])])
+    texts, en = rows["text"].to_pylist(), rows["en"].to_pylist()
+    idx = np.arange(len(texts))
     encoder = SentenceEncoder(students[0], max_seq_length=64)
     # Stage 1's inputs: the query prompt on both sides (see mimo_pipeline.stages)
     s = np.concatenate([encoder.encode([texts[i] for i in idx], prompt="query"),
@@ -45,7 +56,7 @@ def main(held_out: int = 512, sizes=(256, 512, 1024, 2048), ridges=(1e-3, 1e-1, 
     tt = np.concatenate([t1, t1])
     n = len(idx)
     test = np.r_[np.arange(max(sizes), n), n + np.arange(max(sizes), n)]
-    print("| fit rows | ridge | in-sample | held-out |\n|---|---|---|---|")
+    print("| fit rows | ridge | in-sample | dev (held out) |\n|---|---|---|---|")
     for m in sizes:
         fit = np.r_[np.arange(m), n + np.arange(m)]
         for ridge in ridges:

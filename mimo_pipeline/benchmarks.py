@@ -4,7 +4,11 @@ A benchmark is a corpus, queries and qrels. Each document and query may carry a
 ``lang`` (ISO 639-1) and a ``group``: parallel queries share a group (what MRC@10
 compares), and a document in the query's own group is the query's own verse (or one of
 its translations), which is dropped from that query's ranking when ``exclude_own_group``
-is set; like BEIR, a document whose id equals the query id is always dropped. Three tasks are built from the packaged Bible's held-out split:
+is set; like BEIR, a document whose id equals the query id is always dropped. Three tasks
+are built from the corpus' ``eval`` split (the New Testament: test only), and the same
+three, smaller (`BenchmarkConfig.dev_sizes`: a quarter of the sizes by default), from its
+``dev`` split, named with a ``dev-`` prefix (``dev-mlir``, ``dev-monolingual-<lang>``,
+``dev-translation``) for choosing method settings without touching the test side:
 
 - ``mlir``: queries in every language, one pool holding every language version of
   every pool verse; relevant = every language version of the verses the query
@@ -13,6 +17,13 @@ is set; like BEIR, a document whose id equals the query id is always dropped. Th
   relevant = the cross-referenced verses in that language.
 - ``translation``: queries in every language over the mixed pool; relevant = the
   query verse's own translations (its own-language copy is the query and is excluded).
+
+``mlir`` and ``monolingual`` follow the packaged Bible's cross-references. With a user
+corpus nothing reads the Bible: those two are skipped (said in `BenchmarkSet.notes`) unless
+asked for (``bible_benchmarks=True``, for a corpus whose ``verse_id`` values are Bible ids),
+and ``translation`` / ``dev-translation``, which need only parallel text, are built from the
+corpus' eval and dev verses with whatever languages each verse has
+(`build_translation_benchmark`). User BEIR / MIMO-release folders are added as they are.
 
 Two on-disk formats are read (and BEIR is written):
 
@@ -31,7 +42,7 @@ import json
 import logging
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -62,31 +73,77 @@ class Benchmark:
                 "languages": " ".join(langs)}
 
 
+#: Name prefix of the benchmarks built from the dev split.
+DEV_PREFIX = "dev-"
+#: Dev benchmarks are this many times smaller than the test ones unless sized explicitly.
+DEV_SHARE = 4
+
+
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    """Sizes of the Bible benchmarks: query verses, pool verses (each in every language)."""
+    """Sizes of the Bible benchmarks: query verses, pool verses (each in every language).
+
+    ``dev_*`` size the ``dev-`` benchmarks (None: a quarter of the test size, rounded
+    up). ``bible_benchmarks``: build ``mlir``/``monolingual`` from the packaged Bible's
+    cross-references (None: for the packaged Bible yes, for a user corpus no). ``dev``:
+    build the ``dev-`` benchmarks when the corpus has a dev split."""
 
     query_verses: int = 200
     pool_verses: int = 600
     translation_queries: int = 100
     seed: int = 13
+    dev_query_verses: int | None = None
+    dev_pool_verses: int | None = None
+    dev_translation_queries: int | None = None
+    bible_benchmarks: bool | None = None
+    dev: bool = True
 
     def __post_init__(self):
-        for name in ("query_verses", "pool_verses", "translation_queries"):
-            if getattr(self, name) < 1:
-                raise MimoInputError(f"must be at least 1, got {getattr(self, name)}", source=name)
+        for name in ("query_verses", "pool_verses", "translation_queries", "dev_query_verses", "dev_pool_verses",
+                     "dev_translation_queries"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise MimoInputError(f"must be at least 1, got {v}", source=name)
+
+    def dev_sizes(self) -> "BenchmarkConfig":
+        """The sizes of the ``dev-`` benchmarks, as a config of their own."""
+        def share(v: int | None, test: int) -> int:
+            return v if v is not None else -(-test // DEV_SHARE)
+
+        return replace(self, query_verses=share(self.dev_query_verses, self.query_verses),
+                       pool_verses=share(self.dev_pool_verses, self.pool_verses),
+                       translation_queries=share(self.dev_translation_queries, self.translation_queries))
 
 
 @dataclass(frozen=True)
 class BenchmarkSet:
-    """The handle an asset passes on: where the benchmarks are, and their sizes."""
+    """The handle an asset passes on: where the benchmarks are, and their sizes.
+
+    ``names``: the test benchmarks, then the ``dev-`` ones, then user folders (by path).
+    ``notes``: what was skipped and why, for the asset's log and metadata."""
 
     root: str
     names: tuple[str, ...]
     summaries: tuple[dict, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = ()
 
     def load(self, name: str) -> Benchmark:
         return load_benchmark(Path(self.root) / name)
+
+    @property
+    def dev_names(self) -> tuple[str, ...]:
+        """The benchmarks built from the dev split (for choosing settings; not results)."""
+        return tuple(n for n in self.names if is_dev_benchmark(n))
+
+    @property
+    def test_names(self) -> tuple[str, ...]:
+        """Every benchmark but the dev ones: the held-out test side and user folders."""
+        return tuple(n for n in self.names if not is_dev_benchmark(n))
+
+
+def is_dev_benchmark(name: str) -> bool:
+    """Whether a benchmark name is one built from the dev split (``dev-`` prefix)."""
+    return name.startswith(DEV_PREFIX)
 
 
 def build_bible_benchmarks(
@@ -94,8 +151,13 @@ def build_bible_benchmarks(
     cross_refs: Iterable[tuple[str, str]],
     languages: Sequence[str],
     config: BenchmarkConfig = BenchmarkConfig(),
+    *,
+    prefix: str = "",
+    split: str = "eval",
 ) -> list[Benchmark]:
     """Build the mlir, monolingual-<lang> and translation benchmarks from held-out verses.
+
+    Names get ``prefix`` (``"dev-"`` for the dev split); ``split`` only words the messages.
 
     ``verses`` maps verse id -> {lang: text} with every language of ``languages`` (the
     corpus' eval split, see `corpus.verse_texts`); ``cross_refs`` are (from, to) verse
@@ -106,6 +168,7 @@ def build_bible_benchmarks(
     `MimoInputError` naming the bound.
     """
     rng = random.Random(config.seed)
+    setting = prefix.replace("-", "_")  # the config key prefix: "" or "dev_"
     langs = list(dict.fromkeys(languages))
     targets: dict[str, list[str]] = {}
     for src, dst in cross_refs:
@@ -114,8 +177,12 @@ def build_bible_benchmarks(
             if dst not in targets[src]:
                 targets[src].append(dst)
     if not targets:
-        raise MimoInputError("no cross-reference joins two held-out verses; the eval split is too small",
-                             source="benchmarks")
+        sample = ", ".join(repr(v) for v in list(verses)[:3]) or "none"
+        raise MimoInputError(
+            f"no cross-reference of the packaged Bible joins two of the {len(verses)} {split} verses present in every "
+            f"language (verse ids: {sample}); the cross-reference benchmarks (mlir, monolingual) need verse ids that "
+            f"are Bible ids 'B.C.V'. For a corpus of your own, leave bible_benchmarks unset (translation is built "
+            f"from the corpus) and bring benchmarks as user_folders", source="benchmarks")
     candidates = sorted(targets)
     rng.shuffle(candidates)
     queries_v = sorted(candidates[:config.query_verses])
@@ -127,18 +194,19 @@ def build_bible_benchmarks(
         raise MimoInputError(
             f"{config.pool_verses} verses cannot hold the {len(queries_v)} query verses and their cross-referenced "
             f"targets: the pool needs at least {len(pool_v)} verses ({2 * len(pool_v)} for as many distractors "
-            f"as query and target verses); raise pool_verses or lower query_verses", source="pool_verses")
+            f"as query and target verses); raise {setting}pool_verses or lower {setting}query_verses",
+            source=f"{setting}pool_verses")
     rest = sorted(set(verses) - pool_v)
     if config.pool_verses > len(pool_v) + len(rest):
         raise MimoInputError(
-            f"{config.pool_verses} verses exceed the {len(pool_v) + len(rest)} held-out verses available; "
-            f"set pool_verses to at most {len(pool_v) + len(rest)} or hold out more verses (max_eval_verses)",
-            source="pool_verses")
+            f"{config.pool_verses} verses exceed the {len(pool_v) + len(rest)} {split} verses available; "
+            f"set {setting}pool_verses to at most {len(pool_v) + len(rest)} or hold out more verses "
+            f"(max_{split}_verses)", source=f"{setting}pool_verses")
     rng.shuffle(rest)
     pool_v.update(rest[:config.pool_verses - len(pool_v)])
     pool_v = sorted(pool_v)
-    log.info("benchmark pool: %d verses: %d query and target verses (%d query verses), %d distractors",
-             len(pool_v), n_needed, len(queries_v), len(pool_v) - n_needed)
+    log.info("benchmark pool (%s): %d verses: %d query and target verses (%d query verses), %d distractors",
+             split, len(pool_v), n_needed, len(queries_v), len(pool_v) - n_needed)
 
     def doc(v: str, lang: str) -> dict:
         return {"text": verses[v][lang], "lang": lang, "group": v}
@@ -148,11 +216,11 @@ def build_bible_benchmarks(
     queries = {f"{v}:{lang}": doc(v, lang) for v in queries_v for lang in langs}
     qrels = {f"{v}:{lang}": {f"{t}:{tl}": 1 for t in targets[v] for tl in langs}
              for v in queries_v for lang in langs}
-    out.append(Benchmark("mlir", "mlir", corpus, queries, qrels, exclude_own_group=True))
+    out.append(Benchmark(f"{prefix}mlir", "mlir", corpus, queries, qrels, exclude_own_group=True))
 
     for lang in langs:
         out.append(Benchmark(
-            f"monolingual-{lang}", "monolingual",
+            f"{prefix}monolingual-{lang}", "monolingual",
             {f"{v}:{lang}": doc(v, lang) for v in pool_v},
             {f"{v}:{lang}": doc(v, lang) for v in queries_v},
             {f"{v}:{lang}": {f"{t}:{lang}": 1 for t in targets[v]} for v in queries_v},
@@ -164,10 +232,47 @@ def build_bible_benchmarks(
                for v in trans_v for lang in langs}
     # The query's own-language copy is in the pool under the query's own id: like BEIR,
     # the evaluation drops a document whose id equals the query id.
-    out.append(Benchmark("translation", "translation", corpus, t_queries, t_qrels, exclude_own_group=False))
+    out.append(Benchmark(f"{prefix}translation", "translation", corpus, t_queries, t_qrels, exclude_own_group=False))
     for b in out:
         log.info("benchmark %s: %d documents, %d queries", b.name, len(b.corpus), len(b.queries))
     return out
+
+
+def build_translation_benchmark(
+    verses: Mapping[str, Mapping[str, str]],
+    config: BenchmarkConfig = BenchmarkConfig(),
+    *,
+    name: str = "translation",
+    split: str = "eval",
+) -> Benchmark:
+    """The translation task from parallel text alone: a pool of ``pool_verses`` verses of
+    the split (seeded), each in every language it has (``verses``: id -> {lang: text},
+    English and at least one more); ``translation_queries`` of them queried in each of
+    their languages; relevant = the verse's other language versions (its own-language
+    copy is the query, dropped as in BEIR). A pool larger than the split is a
+    `MimoInputError` naming the setting."""
+    usable = {v: d for v, d in verses.items() if len(d) >= 2}
+    setting = f"{'dev_' if is_dev_benchmark(name) else ''}pool_verses"
+    if not usable:
+        raise MimoInputError(f"the {split} split has no sentence in two languages; the translation benchmark needs "
+                             f"parallel {split} rows", source="benchmarks")
+    if config.pool_verses > len(usable):
+        raise MimoInputError(
+            f"{config.pool_verses} verses exceed the {len(usable)} {split} sentences of the corpus; set {setting} to at "
+            f"most {len(usable)}, or hold out more sentences in the corpus' {split} split", source=setting)
+    rng = random.Random(config.seed)
+    pool_v = sorted(rng.sample(sorted(usable), config.pool_verses))
+    query_v = sorted(rng.sample(pool_v, min(config.translation_queries, len(pool_v))))
+
+    def doc(v: str, lang: str) -> dict:
+        return {"text": usable[v][lang], "lang": lang, "group": v}
+
+    corpus = {f"{v}:{lang}": doc(v, lang) for v in pool_v for lang in usable[v]}
+    queries = {f"{v}:{lang}": doc(v, lang) for v in query_v for lang in usable[v]}
+    qrels = {f"{v}:{lang}": {f"{v}:{other}": 1 for other in usable[v] if other != lang}
+             for v in query_v for lang in usable[v]}
+    log.info("benchmark %s: %d documents, %d queries (%s split)", name, len(corpus), len(queries), split)
+    return Benchmark(name, "translation", corpus, queries, qrels, exclude_own_group=False)
 
 
 def write_beir(bench: Benchmark, folder: str | Path) -> Path:
@@ -312,6 +417,11 @@ def load_benchmark(folder: str | Path, *, name: str | None = None, task: str | N
                      exclude_own_group=bool(meta.get("exclude_own_group", False)))
 
 
+#: Bumped when the benchmarks a config gives change (2: the dev split, user corpora).
+BENCHMARKS_FORMAT = 2
+MANIFEST = "benchmarks.json"
+
+
 def build_benchmark_set(
     corpus_path: str | Path,
     languages: Sequence[str],
@@ -320,33 +430,79 @@ def build_benchmark_set(
     *,
     cross_refs: Iterable[tuple[str, str]] | None = None,
     user_folders: Sequence[str | Path] = (),
+    user_corpus: bool = False,
 ) -> BenchmarkSet:
-    """Build the Bible benchmarks from the corpus' eval split into ``out_root/<hash>/`` once.
+    """Build the corpus' benchmarks into ``out_root/<hash>/`` once (see the module docstring).
 
-    ``user_folders`` (BEIR or MIMO-release folders) are validated and added by path.
+    From the packaged Bible (``user_corpus=False``): mlir, monolingual-<lang> and
+    translation from the eval split, the same with a ``dev-`` prefix from the dev split.
+    From a user corpus: translation and dev-translation; mlir/monolingual only when
+    ``config.bible_benchmarks`` is True (nothing reads the Bible otherwise). A split the
+    corpus lacks is skipped with a note (`BenchmarkSet.notes`); ``user_folders`` (BEIR or
+    MIMO-release folders) are validated and added by path.
     """
     import hashlib
     from dataclasses import asdict
 
-    from .bible import read_cross_references
     from .corpus import verse_texts
+    from .fileio import write_json
 
     langs = ["en", *[lang for lang in languages if lang != "en"]]
-    key = hashlib.sha256(json.dumps([str(corpus_path), langs, asdict(config)]).encode()).hexdigest()[:16]
+    use_refs = config.bible_benchmarks if config.bible_benchmarks is not None else not user_corpus
+    key = hashlib.sha256(json.dumps([str(corpus_path), langs, asdict(config), use_refs, user_corpus,
+                                     BENCHMARKS_FORMAT]).encode()).hexdigest()[:16]
     root = Path(out_root) / key
-    names = ["mlir", *[f"monolingual-{lang}" for lang in langs], "translation"]
-    if not all((root / n / "benchmark.json").exists() for n in names):
-        verses = verse_texts(corpus_path, "eval")
-        verses = {v: {lang: t[lang] for lang in langs} for v, t in verses.items()}
-        refs = read_cross_references() if cross_refs is None else cross_refs
-        for bench in build_bible_benchmarks(verses, refs, langs, config):
-            write_beir(bench, root / bench.name)
-    else:
+    manifest = root / MANIFEST
+    names: list[str] | None = None
+    notes: list[str] = []
+    if manifest.exists():
+        try:
+            m = json.loads(manifest.read_text())
+            names, notes = [str(n) for n in m["names"]], [str(n) for n in m["notes"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            names = None
+    if names is not None and all((root / n / "benchmark.json").exists() for n in names):
         log.info("benchmarks already built in %s", root)
+    else:
+        names, notes = [], []
+        if not use_refs:
+            notes.append("the Bible benchmarks (mlir, monolingual-<lang>) are skipped: the corpus is your own and "
+                         "nothing reads the Bible; translation is built from the corpus (set bible_benchmarks: true "
+                         "if its verse_id values are Bible ids 'B.C.V'; bring MLIR benchmarks as user_folders)")
+            log.info(notes[-1])
+        refs = None
+        plan = [("eval", "", config)] + ([("dev", DEV_PREFIX, config.dev_sizes())] if config.dev else [])
+        for split, prefix, cfg in plan:
+            if use_refs:
+                verses = verse_texts(corpus_path, split)
+                verses = {v: {lang: t[lang] for lang in langs} for v, t in verses.items()}
+            else:
+                verses = verse_texts(corpus_path, split, complete=False)
+            if not verses:
+                note = (f"no {prefix or 'test '}benchmarks: the corpus has no {split} verses"
+                        f"{' present in every language' if use_refs else ''}")
+                notes.append(note)
+                log.info(note)
+                continue
+            if use_refs:
+                if refs is None:
+                    from .bible import read_cross_references
+
+                    refs = list(read_cross_references()) if cross_refs is None else list(cross_refs)
+                benches = build_bible_benchmarks(verses, refs, langs, cfg, prefix=prefix, split=split)
+            else:
+                benches = [build_translation_benchmark(verses, cfg, name=f"{prefix}translation", split=split)]
+            for bench in benches:
+                write_beir(bench, root / bench.name)
+                names.append(bench.name)
+        write_json({"names": names, "notes": notes}, manifest)
     summaries = [load_benchmark(root / n).summary() for n in names]
     user_names = []
     for folder in user_folders:
         bench = load_benchmark(folder)
         summaries.append(bench.summary())
         user_names.append(str(Path(folder).resolve()))
-    return BenchmarkSet(str(root), tuple(names + user_names), tuple(summaries))
+    if not [n for n in names if not is_dev_benchmark(n)] and not user_names:
+        raise MimoInputError("no benchmark to evaluate on: " + "; ".join(notes) + ". Give the corpus an eval split "
+                             "or bring benchmarks as user_folders", source="benchmarks")
+    return BenchmarkSet(str(root), tuple(names + user_names), tuple(summaries), tuple(notes))

@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -202,4 +202,51 @@ def fill_cache(
     seconds = time.perf_counter() - t0 if todo else 0.0
     return CacheReport(path=str(cache.dir), fingerprint=cache.fingerprint, dim=cache.dim,
                        n_texts=len(unique), hits=hits, misses=len(todo), seconds=seconds,
+                       cache_rows=len(cache), cache_bytes=cache.size_bytes())
+
+
+def fill_cache_stream(
+    cache: EmbeddingCache,
+    chunks: Iterable[Sequence[str]],
+    encode: Callable[[list[str]], np.ndarray],
+    *,
+    chunk_size: int = 2048,
+) -> CacheReport:
+    """`fill_cache` over texts that arrive a chunk at a time (of any size): the missing
+    ones are encoded and written ``chunk_size`` at a time as they accumulate, so memory
+    holds one chunk, whatever the total. Texts repeated across chunks are counted once
+    only if the chunks are de-duplicated upstream (see `teacher.iter_teacher_texts`)."""
+    n_texts = hits = misses = 0
+    seconds = 0.0
+    todo: list[tuple[str, str]] = []
+
+    def flush(limit: int) -> None:
+        nonlocal todo, seconds, misses
+        while len(todo) >= limit and todo:
+            part, todo = todo[:chunk_size], todo[chunk_size:]
+            t0 = time.perf_counter()
+            vecs = encode([t for _, t in part])
+            seconds += time.perf_counter() - t0
+            cache.put([k for k, _ in part], vecs)
+            misses += len(part)
+            log.info("encoded %d texts so far (%.1f sentences/s)", misses, misses / max(seconds, 1e-9))
+
+    pending: set[str] = set()
+    for chunk in chunks:
+        unique = list(dict.fromkeys(chunk))
+        keys = [text_key(t) for t in unique]
+        absent = set(cache.missing(keys))
+        n_texts += len(unique)
+        for k, t in zip(keys, unique):
+            if k in absent and k not in pending:
+                todo.append((k, t))
+                pending.add(k)
+            elif k not in absent:
+                hits += 1
+        flush(chunk_size)
+        pending.intersection_update(k for k, _ in todo)
+    flush(1)
+    log.info("cache %s: %d texts, %d hits, %d encoded", cache.dir, n_texts, hits, misses)
+    return CacheReport(path=str(cache.dir), fingerprint=cache.fingerprint, dim=cache.dim,
+                       n_texts=n_texts, hits=hits, misses=misses, seconds=seconds,
                        cache_rows=len(cache), cache_bytes=cache.size_bytes())

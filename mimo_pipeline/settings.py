@@ -66,14 +66,16 @@ PROFILES: dict[str, Profile] = {
         name="default",
         corpus=CorpusConfig(max_train_verses=4000),
         # 80 query verses and their targets are 374 verses: 750 leaves 376 distractors (6,000 MLIR documents).
+        # The dev- benchmarks (Old Testament dev books) are a quarter of that: 20 query verses, 188 pool verses.
         benchmarks=BenchmarkConfig(query_verses=80, pool_verses=750, translation_queries=40),
     ),
     # The whole graph in about two minutes on 2 CPU cores.
     "smoke": Profile(
         name="smoke",
-        corpus=CorpusConfig(languages=("de", "zh"), max_train_verses=300, max_eval_verses=300),
+        corpus=CorpusConfig(languages=("de", "zh"), max_train_verses=300, max_eval_verses=300, max_dev_verses=100),
         pairs=PairsConfig(max_pairs=200),
-        # 20 query verses and their targets are 46 verses: 100 leaves 54 distractors (300 MLIR documents).
+        # 20 query verses and their targets are 46 verses: 100 leaves 54 distractors (300 MLIR documents);
+        # dev-: 5 query verses, 25 pool verses, 3 translation queries, from 100 dev verses.
         benchmarks=BenchmarkConfig(query_verses=20, pool_verses=100, translation_queries=10),
         training=TrainingSizes(stage1_steps=4, stage2_steps=3, batch_size=8, max_length=32, checkpoint_every=0),
         translation_p1_pairs=20,

@@ -1,8 +1,12 @@
 """The teacher's English vectors for every English sentence later stages need.
 
-Stage 1 distils onto the teacher's vectors of the English side of the training pairs
-and Stage 2 onto those of the (English versions of the) query and passage verses, all
-from the training split. They are computed once per teacher and cached by text hash in
+Stage 1 distils onto the teacher's vectors of the English side of the corpus' training
+pairs (and the held-out probes may read those of its dev split), Stage 2 onto those of
+the English versions of the query and passage of each retrieval pair (Bible verses of
+the training split, or the user's pairs). `iter_teacher_texts` streams exactly these,
+de-duplicated, a chunk at a time, and `build_teacher_embeddings` encodes a chunk at a
+time, so neither the list of texts nor the vectors are ever held whole in memory.
+They are computed once per teacher and cached by text hash in
 ``MIMO_HOME/teacher_cache/<teacher fingerprint>/`` (see `embedding_cache`); vectors
 encoded in bf16 (``precision``, see `precision`) go to ``<teacher fingerprint>-bf16/``
 beside it, so two precisions never mix. That cache key is the handle's ``fingerprint``,
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +27,7 @@ import pyarrow.parquet as pq
 
 from .catalog import ResolvedModel
 from .checkpoint import read_pooling_spec
-from .embedding_cache import CacheReport, EmbeddingCache, fill_cache, text_key
+from .embedding_cache import CacheReport, EmbeddingCache, fill_cache_stream, text_key
 from .encoder import ProgressLog, SentenceEncoder, default_device
 from .precision import cache_fingerprint, resolve_precision
 
@@ -58,6 +62,43 @@ def english_texts(corpus_path: str | Path, splits: Sequence[str] = ("train",)) -
     return list(dict.fromkeys(table["en"].to_pylist()))
 
 
+#: The corpus splits whose English the teacher embeds: Stage 1 trains on train; dev is
+#: what held-out probes read (never eval: the test side).
+TEACHER_SPLITS: tuple[str, ...] = ("train", "dev")
+
+
+def iter_teacher_texts(corpus_path: str | Path | None, splits: Sequence[str] = TEACHER_SPLITS,
+                       pairs=None, *, batch_rows: int = 65_536) -> Iterator[list[str]]:
+    """Every English text later stages need, once, a chunk at a time, in file order: the
+    English side of the corpus' ``splits``, then the English query and passage of each
+    retrieval pair (``pairs``: a `pairs.PairsResult`). Memory: one integer per unique text."""
+    from .corpus import iter_english
+
+    sources: list[Iterable[list[str]]] = []
+    if corpus_path is not None:
+        sources.append(iter_english(corpus_path, splits, batch_rows))
+    if pairs is not None:
+        sources.append(pairs.iter_english_texts(batch_rows))
+    seen: set[int] = set()
+    for source in sources:
+        for chunk in source:
+            out = []
+            for t in chunk:
+                h = hash(t)
+                if h not in seen:
+                    seen.add(h)
+                    out.append(t)
+            if out:
+                yield out
+
+
+def _as_chunks(texts) -> Iterable[Sequence[str]]:
+    """A list of texts is one chunk; anything else is an iterable of chunks."""
+    if isinstance(texts, (list, tuple)) and (not texts or isinstance(texts[0], str)):
+        return [texts]
+    return texts
+
+
 def teacher_cache_for(teacher: ResolvedModel, cache_root: str | Path, precision: str = "fp32") -> EmbeddingCache:
     """The teacher's cache at a *resolved* precision (``fp32``: ``<fingerprint>/``, ``bf16``: ``<fingerprint>-bf16/``)."""
     spec = read_pooling_spec(teacher.path)
@@ -66,7 +107,7 @@ def teacher_cache_for(teacher: ResolvedModel, cache_root: str | Path, precision:
 
 
 def build_teacher_embeddings(
-    texts: Sequence[str],
+    texts: Sequence[str] | Iterable[Sequence[str]],
     teacher: ResolvedModel,
     cache_root: str | Path,
     *,
@@ -77,7 +118,9 @@ def build_teacher_embeddings(
 ) -> TeacherEmbeddings:
     """Encode with the teacher every text not yet in its cache; load the model only if needed.
 
-    ``precision`` (``auto``, ``fp32``, ``bf16``) is resolved for ``device`` and picks the cache.
+    ``texts``: a list of texts, or an iterable of chunks of texts (`iter_teacher_texts`),
+    consumed a chunk at a time. ``precision`` (``auto``, ``fp32``, ``bf16``) is resolved for
+    ``device`` and picks the cache.
     """
     device = device or default_device()
     resolved = resolve_precision(precision, device)
@@ -92,7 +135,7 @@ def build_teacher_embeddings(
             encoder = SentenceEncoder(teacher.path, device=device, precision=resolved)
         return encoder.encode(batch, batch_size=batch_size, progress=progress)
 
-    report = fill_cache(cache, texts, encode, chunk_size=chunk_size)
+    report = fill_cache_stream(cache, _as_chunks(texts), encode, chunk_size=chunk_size)
     log.info("teacher cache %s: %d hits, %d misses, %.1f sentences/s, %d rows, %.1f MB",
              report.fingerprint, report.hits, report.misses, report.sentences_per_s,
              report.cache_rows, report.cache_bytes / 1e6)
@@ -111,12 +154,19 @@ class TeacherCheck:
     non_finite: int
 
 
-def check_teacher_embeddings(result: TeacherEmbeddings, texts: Sequence[str]) -> TeacherCheck:
-    """Every text has a cached vector of the right dimension, and all are finite."""
+def check_teacher_embeddings(result: TeacherEmbeddings, texts: Sequence[str] | Iterable[Sequence[str]]) -> TeacherCheck:
+    """Every text has a cached vector of the right dimension, and all are finite
+    (``texts``: a list, or chunks of texts, read a chunk at a time)."""
     cache = result.cache()
-    missing = len(cache.missing([text_key(t) for t in texts]))
-    if missing:
-        return TeacherCheck(ok=False, missing=missing, non_finite=0)
-    vecs = result.vectors(list(dict.fromkeys(texts)))
-    non_finite = int((~np.isfinite(vecs)).any(axis=1).sum())
-    return TeacherCheck(ok=non_finite == 0 and vecs.shape[1] == result.dim, missing=0, non_finite=non_finite)
+    missing = non_finite = 0
+    for chunk in _as_chunks(texts):
+        unique = list(dict.fromkeys(chunk))
+        absent = set(cache.missing([text_key(t) for t in unique]))
+        missing += len(absent)
+        if missing:
+            continue
+        vecs = result.vectors(unique)
+        if vecs.shape[1] != result.dim:
+            return TeacherCheck(ok=False, missing=0, non_finite=0)
+        non_finite += int((~np.isfinite(vecs)).any(axis=1).sum())
+    return TeacherCheck(ok=missing == 0 and non_finite == 0, missing=missing, non_finite=non_finite)

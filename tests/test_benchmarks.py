@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from mimo_pipeline.benchmarks import (Benchmark, BenchmarkConfig, build_bible_benchmarks, load_benchmark,
-                                      write_beir)
+from mimo_pipeline import bible
+from mimo_pipeline.benchmarks import (Benchmark, BenchmarkConfig, BenchmarkSet, build_benchmark_set,
+                                      build_bible_benchmarks, build_translation_benchmark, load_benchmark, write_beir)
 from mimo_pipeline.errors import MimoInputError
 
 LANGS = ["en", "de"]
@@ -92,6 +93,98 @@ def test_a_pool_too_small_for_the_queries_and_targets_is_an_error():
 
 
 def test_a_pool_larger_than_the_held_out_verses_is_an_error():
-    with pytest.raises(MimoInputError, match=r"pool_verses: 9 verses exceed the 8 held-out verses"):
+    with pytest.raises(MimoInputError, match=r"pool_verses: 9 verses exceed the 8 eval verses"):
         build_bible_benchmarks(VERSES, REFS, LANGS, BenchmarkConfig(2, 9, 3))
     assert len(build_bible_benchmarks(VERSES, REFS, LANGS, BenchmarkConfig(2, 8, 3))[0].corpus) == 8 * 2
+
+
+# --------------------------------------------------------------------------- dev split, user corpora
+
+
+def test_dev_sizes_are_a_quarter_unless_set():
+    c = BenchmarkConfig(query_verses=80, pool_verses=750, translation_queries=40)
+    d = c.dev_sizes()
+    assert (d.query_verses, d.pool_verses, d.translation_queries) == (20, 188, 10)
+    d = BenchmarkConfig(20, 100, 10, dev_pool_verses=30).dev_sizes()
+    assert (d.query_verses, d.pool_verses, d.translation_queries) == (5, 30, 3)
+    s = BenchmarkSet("/r", ("mlir", "translation", "dev-mlir", "dev-translation", "/data/beir"))
+    assert s.dev_names == ("dev-mlir", "dev-translation") and s.test_names == ("mlir", "translation", "/data/beir")
+
+
+def test_the_bible_gives_test_and_dev_benchmarks(tmp_path):
+    from mimo_pipeline.corpus import CorpusConfig, build_parallel_corpus_cached
+
+    corpus = build_parallel_corpus_cached(
+        CorpusConfig(languages=("de",), max_train_verses=50, max_dev_verses=120, max_eval_verses=120),
+        tmp_path / "corpus")
+    res = build_benchmark_set(corpus.path, corpus.languages, tmp_path / "b", BenchmarkConfig(8, 40, 5))
+    assert res.names == ("mlir", "monolingual-en", "monolingual-de", "translation",
+                         "dev-mlir", "dev-monolingual-en", "dev-monolingual-de", "dev-translation")
+    sizes = {b["name"]: b for b in res.summaries}
+    assert sizes["dev-mlir"]["queries"] == 2 * 2 and sizes["dev-mlir"]["documents"] == 10 * 2
+    assert sizes["mlir"]["queries"] == 8 * 2 and sizes["mlir"]["documents"] == 40 * 2
+    dev = res.load("dev-mlir")
+    assert all(int(d.split(":")[0].split(".")[0]) in bible.DEV_BOOKS for d in dev.corpus)
+    test = res.load("mlir")
+    assert all(int(d.split(":")[0].split(".")[0]) >= 40 for d in test.corpus)
+    again = build_benchmark_set(corpus.path, corpus.languages, tmp_path / "b", BenchmarkConfig(8, 40, 5))
+    assert again.names == res.names and again.root == res.root
+
+
+def _user_corpus(tmp_path, n=60, split_column=True):
+    from mimo_pipeline.corpus import CorpusConfig, build_parallel_corpus_cached
+    from tests.test_corpus import _write_tsv
+
+    rows = []
+    for i in range(n):
+        split = "train" if i < n // 2 else ("validation" if i < 3 * n // 4 else "test")
+        for lang, word in (("de", "Satz"), ("fr", "phrase")):
+            if lang == "fr" and i % 3 == 0:
+                continue                              # not every sentence in every language
+            rows.append((f"s{i}", split, f"English sentence number {i} here.", f"{word} nummer {i} hier.", lang))
+    src = _write_tsv(tmp_path / "c.tsv", ["verse_id", "split", "en", "text", "lang"], rows)
+    return build_parallel_corpus_cached(CorpusConfig(source_path=str(src)), tmp_path / "corpus")
+
+
+def test_a_user_corpus_gets_translation_from_its_splits_and_never_reads_the_bible(tmp_path, monkeypatch):
+    corpus = _user_corpus(tmp_path)
+
+    def no_bible(*a, **k):
+        raise AssertionError("the Bible was read")
+
+    monkeypatch.setattr(bible, "read_cross_references", no_bible)
+    monkeypatch.setattr(bible, "bible_db_path", no_bible)
+    beir = tmp_path / "mine"
+    write_beir(Benchmark("mine", "mlir", {"d1": {"text": "x", "lang": "de"}}, {"q1": {"text": "y", "lang": "en"}},
+                         {"q1": {"d1": 1}}), beir)
+    res = build_benchmark_set(corpus.path, corpus.languages, tmp_path / "b", BenchmarkConfig(5, 12, 4),
+                              user_folders=[beir], user_corpus=True)
+    assert res.names == ("translation", "dev-translation", str(beir.resolve()))
+    assert "the Bible benchmarks (mlir, monolingual-<lang>) are skipped" in res.notes[0]
+    tr = res.load("translation")
+    assert {d.split(":")[0] for d in tr.corpus} <= {f"s{i}" for i in range(45, 60)}   # the eval split
+    for q, rel in tr.qrels.items():
+        v, lang = q.split(":")
+        assert rel and all(d.split(":")[0] == v and d.split(":")[1] != lang for d in rel)
+        assert all(d in tr.corpus for d in rel)
+    dev = res.load("dev-translation")
+    assert {d.split(":")[0] for d in dev.corpus} <= {f"s{i}" for i in range(30, 45)}
+    assert len({d.split(":")[0] for d in dev.corpus}) == 3            # a quarter of 12
+
+
+def test_cross_reference_benchmarks_on_a_user_corpus_name_the_cause(tmp_path):
+    corpus = _user_corpus(tmp_path)
+    with pytest.raises(MimoInputError) as e:
+        build_benchmark_set(corpus.path, corpus.languages, tmp_path / "b",
+                            BenchmarkConfig(5, 12, 4, bible_benchmarks=True), user_corpus=True)
+    msg = str(e.value)
+    assert "no cross-reference of the packaged Bible joins two of the" in msg and "Bible ids 'B.C.V'" in msg
+    assert "too small" not in msg
+
+
+def test_a_translation_pool_larger_than_the_split_names_the_setting():
+    verses = {f"v{i}": {"en": f"e{i}", "de": f"d{i}"} for i in range(5)}
+    with pytest.raises(MimoInputError, match=r"dev_pool_verses: 6 verses exceed the 5 dev sentences"):
+        build_translation_benchmark(verses, BenchmarkConfig(1, 6, 2), name="dev-translation", split="dev")
+    b = build_translation_benchmark(verses, BenchmarkConfig(1, 5, 2))
+    assert len(b.corpus) == 10 and len(b.queries) == 4 and b.task == "translation"

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mimo_pipeline import bible
-from mimo_pipeline.corpus import (DEFAULT_LANGUAGES, SCHEMA, STATS_COLUMNS, CorpusConfig, build_parallel_corpus,
+from mimo_pipeline.corpus import (DEFAULT_LANGUAGES, SCHEMA, SPLITS, STATS_COLUMNS, CorpusConfig, build_parallel_corpus,
                                   build_parallel_corpus_cached, filter_pairs, load_user_corpus,
                                   pair_filter_reason, seeded_split, text_units, verse_texts)
 from mimo_pipeline.errors import MimoInputError
@@ -76,7 +76,7 @@ def test_filter_pairs_counts_and_dedups_english():
     kept, counts = filter_pairs(en, de)
     assert kept == [0, 1, 4]
     assert counts == {"raw": 7, "near_empty": 1, "too_short": 1, "too_long": 0, "ratio": 1,
-                      "english_dup": 1, "capped": 0, "kept": 3}
+                      "english_dup": 1, "language_cap": 0, "capped": 0, "kept": 3}
     assert set(counts) == set(STATS_COLUMNS)
 
 
@@ -129,6 +129,8 @@ def test_config_defaults_and_replace():
     c = CorpusConfig()
     assert c.languages == DEFAULT_LANGUAGES == ("de", "fr", "es", "ru", "ar", "zh", "ko")
     assert (c.max_length_ratio, c.min_chars, c.max_chars, c.english, c.seed) == (3.0, 10, 1000, "4", 13)
+    assert (c.length_unit, c.english_dedup, c.max_per_language, c.dev_fraction) == ("units", "language", None, 0.05)
+    assert c.filter_settings()["preset"] == "pipeline"
     c2 = dataclasses.replace(c, languages=["DE", "fr", "de"], max_train_verses=5)
     assert c2.languages == ("de", "fr") and c2.max_train_verses == 5
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -143,6 +145,11 @@ def test_config_defaults_and_replace():
     ({"max_train_verses": 0}, "max_train_verses=0"),
     ({"max_length_ratio": 0.5}, "max_length_ratio=0.5"),
     ({"min_chars": 50, "max_chars": 10}, "min_chars < max_chars"),
+    ({"max_dev_verses": -1}, "max_dev_verses=-1"),
+    ({"max_per_language": 0}, "max_per_language=0"),
+    ({"length_unit": "bytes"}, "length_unit='bytes': use one of units, chars"),
+    ({"english_dedup": "global"}, "english_dedup='global': use one of language, corpus"),
+    ({"dev_fraction": 0.95}, "eval_fraction + dev_fraction < 1"),
 ])
 def test_config_rejects_bad_values(kwargs, needle):
     with pytest.raises(MimoInputError, match="corpus config") as e:
@@ -189,7 +196,9 @@ def test_user_tsv_round_trip_with_split_and_ids(tmp_path):
     assert got[0] == {"verse_id": "v0", "book": 0, "split": "train", "lang": "de",
                       "en": '"Quoted," he said, in the beginning.', "text": 'Er sagte: "Im Anfang" ja.'}
     assert res.languages == ("de", "zh") and res.source == str(src)
-    assert res.rows_by_lang_split == {("de", "train"): 4, ("de", "eval"): 2, ("zh", "train"): 4, ("zh", "eval"): 2}
+    assert res.rows_by_lang_split == {("de", "train"): 4, ("de", "dev"): 0, ("de", "eval"): 2,
+                                      ("zh", "train"): 4, ("zh", "dev"): 0, ("zh", "eval"): 2}
+    assert res.source_kind == "user" and not res.is_bible
     vt = verse_texts(res.path, "eval")
     assert list(vt) == ["v4", "v5"] and vt["v5"] == {"en": EN[5], "de": DE[5], "zh": ZH[5]}
 
@@ -210,7 +219,7 @@ def test_user_parquet_without_split_or_id_gets_seeded_split_and_shared_ids(tmp_p
     for v, s in zip(d["verse_id"], d["split"]):
         by_id[v].add(s)
     assert all(len(s) == 1 for s in by_id.values())          # a verse never straddles splits
-    assert Counter(s.pop() for s in by_id.values()) == {"train": 36, "eval": 4}
+    assert Counter(s.pop() for s in by_id.values()) == {"train": 34, "dev": 2, "eval": 4}
     assert load_user_corpus(src, seed=13).equals(table)        # seeded
     assert load_user_corpus(src, seed=14).column("split").to_pylist() != d["split"]
 
@@ -218,6 +227,10 @@ def test_user_parquet_without_split_or_id_gets_seeded_split_and_shared_ids(tmp_p
 def test_seeded_split():
     a = seeded_split([f"x{i}" for i in range(100)], seed=1)
     assert Counter(a.values()) == {"train": 90, "eval": 10}
+    a = seeded_split([f"x{i}" for i in range(100)], seed=1, dev_fraction=0.05)
+    assert Counter(a.values()) == {"train": 85, "dev": 5, "eval": 10}
+    assert Counter(seeded_split(["a", "b", "c"], seed=1, dev_fraction=0.05).values()) == \
+        {"train": 1, "dev": 1, "eval": 1}
     assert seeded_split(["a", "b"], seed=1, eval_fraction=0.1) in ({"a": "train", "b": "eval"},
                                                                   {"a": "eval", "b": "train"})
     assert seeded_split(["a"], seed=1) == {"a": "train"}
@@ -238,7 +251,7 @@ def test_user_datasets_folders_round_trip(tmp_path):
     })
     dd.save_to_disk(str(tmp_path / "dd"))
     t = load_user_corpus(tmp_path / "dd")
-    assert t.column("split").to_pylist() == ["train"] * half + ["eval"] * (len(rows) - half)
+    assert t.column("split").to_pylist() == ["train"] * half + ["dev"] * (len(rows) - half)
 
     (tmp_path / "plain").mkdir()
     with pytest.raises(MimoInputError, match="save_to_disk"):
@@ -321,7 +334,7 @@ def test_other_malformed_rows(tmp_path):
 
     rows = [(f"v{i}", "holdout", e, t, lang) for i, (e, t, lang) in enumerate(_rows())]
     msg = _error(_write_tsv(tmp_path / "split.tsv", ["verse_id", "split", "en", "text", "lang"], rows))
-    assert "split.tsv: row 1: split 'holdout' is not train or eval" in msg
+    assert "split.tsv: row 1: split 'holdout' is not train, dev or eval (validation means dev" in msg
 
     rows = [("same", "train", e, t, lang) for e, t, lang in _rows()]
     msg = _error(_write_tsv(tmp_path / "dup.tsv", ["verse_id", "split", "en", "text", "lang"], rows))
@@ -378,7 +391,7 @@ def test_cross_references():
 @pytest.fixture(scope="module")
 def bible_corpus(tmp_path_factory):
     corpus_dir = tmp_path_factory.mktemp("corpus")
-    config = CorpusConfig(max_train_verses=1200, max_eval_verses=200)
+    config = CorpusConfig(max_train_verses=1200, max_eval_verses=200, max_dev_verses=150)
     return config, corpus_dir, build_parallel_corpus_cached(config, corpus_dir)
 
 
@@ -389,25 +402,27 @@ def test_bible_corpus_schema_and_splits(bible_corpus):
     d = table.to_pydict()
     assert all(int(v.split(".")[0]) == b for v, b in zip(d["verse_id"], d["book"]))
     train_books = {b for b, s in zip(d["book"], d["split"]) if s == "train"}
+    dev_books = {b for b, s in zip(d["book"], d["split"]) if s == "dev"}
     eval_books = {b for b, s in zip(d["book"], d["split"]) if s == "eval"}
-    assert train_books <= set(range(1, 40)) and eval_books <= set(range(40, 67))
+    assert train_books <= set(range(1, 40)) - set(bible.DEV_BOOKS) and eval_books <= set(range(40, 67))
+    assert dev_books <= set(bible.DEV_BOOKS) and len(dev_books) > 3   # whole OT books training never draws
     assert res.languages == DEFAULT_LANGUAGES == tuple(dict.fromkeys(d["lang"]))
     for lang in DEFAULT_LANGUAGES:
         assert res.rows_by_lang_split[(lang, "train")] > 1000
         assert res.rows_by_lang_split[(lang, "eval")] > 100
+        assert res.rows_by_lang_split[(lang, "dev")] > 100
     assert sum(res.rows_by_lang_split.values()) == res.n_rows
     # every language keeps the same sampled verses, within the caps
     verses = defaultdict(set)
     for v, lang in zip(d["verse_id"], d["lang"]):
         verses[lang].add(v)
     assert len({frozenset(s) for s in verses.values()}) == 1
-    assert res.n_verses_by_split == {"train": 1200, "eval": 200}
+    assert res.n_verses_by_split == {"train": 1200, "dev": 150, "eval": 200}
     # stats account for every raw pair
     assert res.stats_columns == STATS_COLUMNS
     for lang, *counts in res.stats_rows:
         c = dict(zip(STATS_COLUMNS, counts))
-        assert c["raw"] == 31102 and c["kept"] == res.rows_by_lang_split[(lang, "train")] + \
-            res.rows_by_lang_split[(lang, "eval")]
+        assert c["raw"] == 31102 and c["kept"] == sum(res.rows_by_lang_split[(lang, s)] for s in SPLITS)
         assert c["raw"] == sum(v for k, v in c.items() if k != "raw")
     assert dict((r[0], r[1:]) for r in res.stats_rows)["zh"][STATS_COLUMNS.index("ratio")] < 100
 
@@ -420,6 +435,9 @@ def test_bible_verse_texts_and_cross_reference_aware_sample(bible_corpus):
     linked = sum(1 for a, b in bible.read_cross_references() if a in vt and b in vt)
     assert linked >= 100          # a uniform sample of 200 NT verses would hold about 4
     assert len(verse_texts(res.path, "train")) == 1200
+    dev = verse_texts(res.path, "dev")
+    assert len(dev) == 150 and all(int(v.split(".")[0]) in bible.DEV_BOOKS for v in dev)
+    assert sum(1 for a, b in bible.read_cross_references() if a in dev and b in dev) >= 50
 
 
 def test_cache_reuses_the_file(bible_corpus, caplog):
@@ -434,7 +452,8 @@ def test_cache_reuses_the_file(bible_corpus, caplog):
     other = build_parallel_corpus_cached(dataclasses.replace(config, max_train_verses=50, max_eval_verses=20,
                                                              languages=("de",)), corpus_dir)
     assert other.config_hash != res.config_hash and other.path != res.path
-    assert other.n_rows == 70 and os.stat(res.path).st_mtime_ns == mtime
+    assert other.n_rows == 50 + 150 + 20          # one language, the three caps
+    assert os.stat(res.path).st_mtime_ns == mtime
 
 
 def test_user_corpus_cache_follows_file_content(tmp_path):
@@ -444,3 +463,70 @@ def test_user_corpus_cache_follows_file_content(tmp_path):
     _write_tsv(src, ["en", "text", "lang"], _rows()[:-2])
     b = build_parallel_corpus_cached(CorpusConfig(source_path=str(src)), tmp_path / "c")
     assert b.path != a.path and b.n_rows == a.n_rows - 2
+
+
+# --------------------------------------------------------------------------- filter presets, dev, streaming
+
+
+def test_official_filter_preset_as_the_release_prepares_stage1(tmp_path):
+    long_en, long_de = "A sentence that goes on and on. " * 18, "Ein Satz, der weiter und weiter geht. " * 15
+    rows = [
+        ("s1", "train", EN[0], DE[0], "de"),
+        ("s1", "train", EN[0], "Au commencement, Dieu créa les cieux et la terre.", "fr"),  # same English
+        ("s2", "train", EN[2], ZH[2], "zh"),             # 50 vs 12 characters: ratio 4.2 in characters
+        ("s3", "train", long_en, long_de, "de"),         # ~576 characters: over 512
+        ("s4", "train", EN[3], DE[3], "de"),
+        ("s5", "train", EN[4], DE[4], "de"),
+        ("s6", "eval", EN[5], DE[5], "de"),
+        ("s6", "eval", EN[5], "Il y eut un soir, et il y eut un matin.", "fr"),   # held out: every language kept
+    ]
+    src = _write_tsv(tmp_path / "c.tsv", ["verse_id", "split", "en", "text", "lang"], rows)
+    mine = build_parallel_corpus_cached(CorpusConfig(source_path=str(src)), tmp_path / "corpus")
+    official = CorpusConfig(source_path=str(src)).with_preset("official")
+    assert (official.min_chars, official.max_chars, official.max_length_ratio, official.length_unit,
+            official.english_dedup, official.max_per_language) == (10, 512, 3.0, "chars", "corpus", 500_000)
+    assert official.filter_settings()["preset"] == "official"
+    res = build_parallel_corpus_cached(dataclasses.replace(official, max_per_language=2), tmp_path / "corpus")
+    assert res.filters["preset"] == "custom" and res.filters["max_per_language"] == 2
+    stats = {r[0]: dict(zip(STATS_COLUMNS, r[1:])) for r in res.stats_rows}
+    assert stats["fr"]["english_dup"] == 1 and stats["fr"]["kept"] == 1       # train fr dropped, eval fr kept
+    assert stats["zh"]["ratio"] == 1 and stats["de"]["too_long"] == 1
+    assert stats["de"]["language_cap"] == 1 and stats["de"]["kept"] == 3     # s1, s4 (cap 2 in train) + s6 eval
+    mine_stats = {r[0]: dict(zip(STATS_COLUMNS, r[1:])) for r in mine.stats_rows}
+    assert mine_stats["zh"]["kept"] == 1 and mine_stats["fr"]["kept"] == 2 and mine_stats["de"]["kept"] == 5
+    by_split = {(r[0], r[1]): dict(zip(STATS_COLUMNS, r[2:])) for r in res.stats_by_split}
+    assert by_split[("fr", "train")]["english_dup"] == 1 and by_split[("fr", "eval")]["kept"] == 1
+    assert sum(by_split[("de", s)]["raw"] for s in SPLITS) == stats["de"]["raw"] == 5
+    with pytest.raises(MimoInputError, match="unknown filter preset 'paper'"):
+        CorpusConfig().with_preset("paper")
+
+
+def test_user_corpus_without_split_gets_a_dev_split(tmp_path):
+    en = [f"Sentence number {i} of the parallel corpus." for i in range(200)]
+    src = _write_tsv(tmp_path / "c.tsv", ["en", "text", "lang"], [(e, f"Satz Nummer {i}.", "de")
+                                                                  for i, e in enumerate(en)])
+    res = build_parallel_corpus_cached(CorpusConfig(source_path=str(src)), tmp_path / "corpus")
+    assert res.n_verses_by_split == {"train": 170, "dev": 10, "eval": 20}
+    dev = verse_texts(res.path, "dev")
+    assert len(dev) == 10 and not set(dev) & set(verse_texts(res.path, "train"))
+
+
+def test_streaming_in_small_batches_gives_the_same_corpus(tmp_path, monkeypatch):
+    from mimo_pipeline import userfiles
+
+    rows = [(f"v{i}", EN[i % 6] + f" ({i})", (DE if lang == "de" else ZH)[i % 6] + f" {i}", lang)
+            for i in range(37) for lang in ("de", "zh")]
+    src = _write_tsv(tmp_path / "c.tsv", ["verse_id", "en", "text", "lang"], rows)
+    whole = load_user_corpus(src)
+    monkeypatch.setattr(userfiles, "BATCH_ROWS", 5)
+    assert load_user_corpus(src).equals(whole)
+    a = build_parallel_corpus(CorpusConfig(source_path=str(src), max_train_verses=10))
+    monkeypatch.setattr(userfiles, "BATCH_ROWS", 8192)
+    b = build_parallel_corpus(CorpusConfig(source_path=str(src), max_train_verses=10))
+    assert a[0].equals(b[0]) and a[1] == b[1]
+    # a repeat across batches is still found, with both rows
+    dup = rows + [("v3", "Something else entirely here.", "Etwas ganz anderes hier.", "zh")]
+    src2 = _write_tsv(tmp_path / "dup.tsv", ["verse_id", "en", "text", "lang"], dup)
+    monkeypatch.setattr(userfiles, "BATCH_ROWS", 5)
+    msg = _error(src2)
+    assert f"row {len(dup)}: verse_id 'v3' appears twice for language 'zh' (rows 8 and {len(dup)})" in msg

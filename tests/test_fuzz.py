@@ -79,7 +79,7 @@ def test_user_corpus_tsv_bytes(data, suffix):
         p.write_bytes(data)
         out = returns_or_mimo_error(load_user_corpus, p)
         if isinstance(out, pa.Table):
-            assert out.num_rows > 0 and set(out.column("split").to_pylist()) <= {"train", "eval"}
+            assert out.num_rows > 0 and set(out.column("split").to_pylist()) <= {"train", "dev", "eval"}
 
 
 _CELLS = {

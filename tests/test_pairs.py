@@ -2,6 +2,7 @@
 the Bible left unread with a user corpus, and the teacher's texts."""
 
 import csv
+import json
 from collections import Counter
 
 import numpy as np
@@ -9,8 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mimo_pipeline import bible, pairs
+from mimo_pipeline.corpus import CorpusConfig, build_parallel_corpus_cached
 from mimo_pipeline.errors import MimoInputError
-from mimo_pipeline.pairs import COLUMNS, PairsConfig, build_user_pairs, read_pairs
+from mimo_pipeline.pairs import COLUMNS, PairsConfig, build_stage2_pairs, build_user_pairs, read_pairs
+from mimo_pipeline.teacher import iter_teacher_texts
 
 LANGS = ("en", "de", "dt", "zh")  # mMARCO's code for Dutch is "dt"
 
@@ -216,3 +220,58 @@ def test_long_errors_name_file_row_and_remedy(tmp_path):
     write_tsv(tmp_path / "lang.tsv", cols)
     assert "lang.tsv: row 3: ill-formed language code 'french'" in _error(
         PairsConfig(source_path=str(tmp_path / "lang.tsv")), tmp_path)
+
+
+def test_a_user_corpus_without_pairs_never_reads_the_bible(tmp_path, monkeypatch):
+    from tests.test_corpus import _rows, _write_tsv
+
+    src = _write_tsv(tmp_path / "c.tsv", ["en", "text", "lang"], _rows())
+    corpus = build_parallel_corpus_cached(CorpusConfig(source_path=str(src)), tmp_path / "corpus")
+
+    def no_bible(*a, **k):
+        raise AssertionError("the Bible was read")
+
+    monkeypatch.setattr(bible, "read_cross_references", no_bible)
+    monkeypatch.setattr(bible, "bible_db_path", no_bible)
+    with pytest.raises(MimoInputError) as e:
+        build_stage2_pairs(corpus, tmp_path / "pairs", PairsConfig())
+    msg = str(e.value)
+    assert msg.startswith("retrieval_pairs: source_path: the parallel corpus is your own")
+    assert "query_<lang> and positive_<lang>" in msg and "bible_cross_references: true" in msg
+    pq.write_table(pa.table(wide_columns(5)), tmp_path / "w.parquet")
+    res = build_stage2_pairs(corpus, tmp_path / "pairs", PairsConfig(source_path=str(tmp_path / "w.parquet")))
+    assert res.n_pairs == 5
+
+
+def test_bible_pairs_come_from_train_only_and_missing_links_are_named(tmp_path):
+    corpus = build_parallel_corpus_cached(
+        CorpusConfig(languages=("de",), max_train_verses=200, max_dev_verses=100, max_eval_verses=100),
+        tmp_path / "corpus")
+    res = build_stage2_pairs(corpus, tmp_path / "pairs", PairsConfig())
+    books = {int(r[k].split(".")[0]) for r in read_pairs(res.path) for k in ("q_verse", "p_verse")}
+    assert books and books <= set(range(1, 40)) - set(bible.DEV_BOOKS)
+    with pytest.raises(MimoInputError) as e:
+        pairs.make_pairs({"u1": {"en": "a", "de": "b"}}, [("1.1.1", "1.1.2")], ["de"])
+    assert "no cross-reference of the packaged Bible joins two of the 1 training verses" in str(e.value)
+    assert "'u1'" in str(e.value) and "too small" not in str(e.value)
+
+
+def test_teacher_texts_cover_train_dev_and_the_pairs_english_once(tmp_path):
+    rows = [(f"v{i}", s, f"English sentence {i} is here.", f"Deutscher Satz {i} ist hier.", "de")
+            for i, s in enumerate(["train"] * 5 + ["dev"] * 2 + ["eval"] * 3)]
+    from tests.test_corpus import _write_tsv
+
+    src = _write_tsv(tmp_path / "c.tsv", ["verse_id", "split", "en", "text", "lang"], rows)
+    corpus = build_parallel_corpus_cached(CorpusConfig(source_path=str(src)), tmp_path / "corpus")
+    cols = wide_columns(3, ("en", "de"))
+    cols["query_en"][0] = "English sentence 0 is here."            # already in the corpus: once
+    pq.write_table(pa.table(cols), tmp_path / "w.parquet")
+    p = build_user_pairs(PairsConfig(source_path=str(tmp_path / "w.parquet")), tmp_path / "out")
+    chunks = list(iter_teacher_texts(corpus.path, ("train", "dev"), p, batch_rows=2))
+    texts = [t for c in chunks for t in c]
+    assert len(chunks) > 1 and len(texts) == len(set(texts))
+    assert set(texts) == {f"English sentence {i} is here." for i in range(7)} | set(cols["query_en"]) | \
+        set(cols["positive_en"])
+    assert not {f"English sentence {i} is here." for i in (7, 8, 9)} & set(texts)   # eval: test only
+    meta = json.loads((tmp_path / "out" / p.path.split("/")[-2] / "pairs.json").read_text())
+    assert meta["layout"] == "wide" and meta["n_pairs"] == 3

@@ -23,15 +23,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from mimo_pipeline import stages
-from mimo_pipeline.benchmarks import load_benchmark
+from mimo_pipeline.benchmarks import BenchmarkConfig, build_benchmark_set, load_benchmark
 from mimo_pipeline.catalog import catalog_names, resolve_model
-from mimo_pipeline.corpus import load_user_corpus
+from mimo_pipeline.corpus import CorpusConfig, build_parallel_corpus_cached, load_user_corpus
 from mimo_pipeline.e5s1 import E5S1Config, read_e5s1, write_e5s1
 from mimo_pipeline.embedding_cache import EmbeddingCache
 from mimo_pipeline.errors import MimoInputError, ModelNotFoundError
 from mimo_pipeline.evaluation import EvalConfig
 from mimo_pipeline.pairs import COLUMNS as PAIR_COLUMNS
-from mimo_pipeline.pairs import PairsConfig, build_user_pairs
+from mimo_pipeline.pairs import PairsConfig, build_stage2_pairs, build_user_pairs
 from mimo_pipeline.settings import get_profile
 from mimo_pipeline.stages import StageConfig, train_baseline, train_stage2
 from mimo_pipeline.student import ModelCheckpoint
@@ -228,6 +228,26 @@ def _(c):
                                                             "pair_id\tlang\tquery\tpassage\np1\ten\tWhat?\tThat.\n"
                                                             "p1\tde\tWas?\tDas.\np2\tde\tWie?\tSo.\n"))),
                             c.tmp / "out")
+
+
+@case("pairs-user-corpus-without-pairs", "retrieval_pairs: source_path: ", "the parallel corpus is your own",
+      "set retrieval_pairs' source_path to your pairs")
+def _(c):
+    corpus = build_parallel_corpus_cached(CorpusConfig(source_path=str(tsv(c.tmp / "c.tsv", "en\ttext\tlang\n"
+                                                                          + GOOD_ROWS))), c.tmp / "corpus")
+    return build_stage2_pairs(corpus, c.tmp / "pairs", PairsConfig())
+
+
+@case("benchmarks-user-ids-without-cross-references", "benchmarks: ",
+      "no cross-reference of the packaged Bible joins two of the 1 eval verses",
+      "need verse ids that are Bible ids 'B.C.V'")
+def _(c):
+    corpus = build_parallel_corpus_cached(CorpusConfig(source_path=str(tsv(
+        c.tmp / "c.tsv", "split\ten\ttext\tlang\ntrain\t" + GOOD_ROWS + "eval\tGood night, my friend.\t"
+        "Gute Nacht, mein Freund.\tde\n"))), c.tmp / "corpus")
+    return build_benchmark_set(corpus.path, corpus.languages, c.tmp / "b", BenchmarkConfig(1, 1, 1,
+                                                                                         bible_benchmarks=True),
+                               user_corpus=True)
 
 
 @case("benchmark-qrels-missing-document", "{tmp}/bench/qrels/test.tsv: ",
