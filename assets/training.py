@@ -8,7 +8,7 @@ from mimo_pipeline.analysis import loss_curve_plot
 from mimo_pipeline.corpus import CorpusResult
 from mimo_pipeline.pairs import PairsResult
 from mimo_pipeline.probe import inspect_checkpoint
-from mimo_pipeline.stages import (ABLATION_LAMBDAS, BASELINES, DEFAULT_SEED, P1_MARGIN, STAGE1_LR, STAGE2_LR,
+from mimo_pipeline.stages import (ABLATION_LAMBDAS, BASELINES, DEFAULT_SEED, P1_MARGIN, P1_SPLIT, STAGE1_LR, STAGE2_LR,
                                   StageConfig, TrainedModel, TrainedSet, lambda_model_name, stage1_gate)
 from mimo_pipeline.student import ModelCheckpoint
 from mimo_pipeline.teacher import TeacherEmbeddings
@@ -198,7 +198,7 @@ def stage1_checkpoint(context: AssetExecutionContext, config: Stage1Settings, st
     s = settings.resolve()
     seeds = _seeds(config)
     base = inspect_checkpoint(student_base, parallel_corpus.path if config.translation_p1 else None,
-                              per_language=s.profile.translation_p1_pairs)
+                              per_language=s.profile.translation_p1_pairs, split=P1_SPLIT)
     out, metadata, recs, verdicts = {}, {}, {}, {}
     for seed in seeds:
         cfg = _stage_config(config, s, s.profile.training.stage1_steps, seed)

@@ -68,15 +68,16 @@ class CheckpointReport:
     translation_p1: dict
 
 
-def inspect_checkpoint(ckpt, corpus_path: str | Path | None, *, per_language: int = 200) -> CheckpointReport:
-    """Reload ``ckpt`` once: probe two sentences and (with a corpus) measure held-out P@1.
+def inspect_checkpoint(ckpt, corpus_path: str | Path | None, *, per_language: int = 200,
+                       split: str = "dev") -> CheckpointReport:
+    """Reload ``ckpt`` once: probe two sentences and (with a corpus) measure held-out P@1 on ``split``.
 
     The figures are cached beside the checkpoint (``<folder>.report-<key>.json``), so a
     reused checkpoint is not re-measured.
     """
     from .encoder import SentenceEncoder
 
-    key = hashlib.sha256(json.dumps([str(corpus_path), per_language]).encode()).hexdigest()[:8]
+    key = hashlib.sha256(json.dumps([str(corpus_path), per_language, split]).encode()).hexdigest()[:8]
     cache = Path(ckpt.path).parent / f"{Path(ckpt.path).name}.report-{key}.json"
     if cache.exists():
         d = json.loads(cache.read_text())
@@ -85,6 +86,6 @@ def inspect_checkpoint(ckpt, corpus_path: str | Path | None, *, per_language: in
     vecs = encoder.encode(["In the beginning.", "Am Anfang."], prompt="query")
     dim = int(vecs.shape[1])
     ok = bool(np.isfinite(vecs).all()) and dim == read_pooling_spec(ckpt.path).dim
-    p1 = translation_p_at_1(encoder, corpus_path, per_language=per_language) if corpus_path else {}
+    p1 = translation_p_at_1(encoder, corpus_path, split=split, per_language=per_language) if corpus_path else {}
     write_json({"ok": ok, "dim": dim, "translation_p1": p1}, cache)
     return CheckpointReport(ok, dim, p1)
