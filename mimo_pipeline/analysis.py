@@ -7,8 +7,9 @@ All vectors are L2-normalised first (``f(x) = x / ‖x‖``). Both figures: lowe
   (row i of x with row i of y). In [0, 4] for alpha = 2; lower = better aligned.
 - ``uniformity(x, t=2) = log mean_{i≠j} exp(−t ‖f(x_i) − f(x_j)‖²)`` over distinct
   pairs (i < j, the same mean as over ordered pairs). All pairs when there are at most
-  `max_pairs` of them, otherwise `max_pairs` pairs drawn uniformly (with replacement)
-  with a seeded generator. In [−4t, 0]; lower = more uniform. Computed in float64
+  `max_pairs` of them (`MAX_PAIRS`, blockwise, never held in memory), otherwise
+  min(`max_pairs`, `SAMPLED_PAIRS`) pairs drawn uniformly (with replacement) with a
+  seeded generator. In [−4t, 0]; lower = more uniform. Computed in float64
   with log-sum-exp.
 
 Here the positives are translations: ``vecs[lang]`` holds the same texts (verses) in every
@@ -72,31 +73,54 @@ def _logmeanexp(v: np.ndarray) -> float:
     return m + float(np.log(np.mean(np.exp(v - m))))
 
 
-def uniformity(x, t: float = 2, max_pairs: int = 1_000_000, seed: int = 0) -> float:
+#: Up to this many pairs uniformity is exact (blockwise Gram matrices, memory O(block × n); on 2
+#: cores exact is faster than sampling a million pairs up to some 20 million pairs);
+#: beyond, `SAMPLED_PAIRS` pairs (at most `max_pairs`) are drawn at random.
+MAX_PAIRS = 100_000_000
+SAMPLED_PAIRS = 1_000_000
+
+
+def _log_mean_kernel(a: np.ndarray, b: np.ndarray, t: float, *, skip_diagonal: bool) -> float:
+    """log mean over (i, j) of exp(−t‖a_i − b_j‖²) for unit rows (i ≠ j when ``skip_diagonal``),
+    blockwise with a running log-sum-exp: no pair list is ever held in memory."""
+    n, m = a.shape[0], b.shape[0]
+    block = max(1, 4_000_000 // max(m, 1))
+    top, total, count = -np.inf, 0.0, 0
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        v = -t * np.maximum(2.0 - 2.0 * (a[start:stop] @ b.T), 0.0)  # squared distance of unit vectors: 2 − 2 cos
+        if skip_diagonal:
+            rows = np.arange(start, stop)
+            v[rows - start, rows] = -np.inf
+            count += v.size - (stop - start)
+        else:
+            count += v.size
+        peak = float(np.max(v))
+        if peak > top:
+            total *= math.exp(top - peak) if np.isfinite(top) else 0.0
+            top = peak
+        total += float(np.sum(np.exp(v - top)))
+    return top + math.log(total / count)
+
+
+def uniformity(x, t: float = 2, max_pairs: int = MAX_PAIRS, seed: int = 0) -> float:
     """log mean exp(−t‖f(x_i) − f(x_j)‖²) over distinct pairs (see module docstring)."""
     fx = _unit(x)
     n = fx.shape[0]
     if n < 2:
         raise ValueError("uniformity needs at least two vectors")
     n_pairs = n * (n - 1) // 2
-    if n_pairs <= max_pairs:
-        # squared distance of unit vectors: 2 − 2 cos; blockwise to bound memory
-        parts = []
-        cols = np.arange(n)
-        block = max(1, 4_000_000 // n)
-        for start in range(0, n, block):
-            rows = np.arange(start, min(n, start + block))
-            g = fx[rows] @ fx.T  # [b, n]
-            parts.append(np.maximum(2.0 - 2.0 * g[cols[None, :] > rows[:, None]], 0.0))
-        vals = np.concatenate(parts)
+    if n_pairs <= max_pairs:  # the mean over ordered pairs i ≠ j is the mean over unordered ones
+        return _log_mean_kernel(fx, fx, t, skip_diagonal=True)
     else:
         rng = np.random.default_rng(seed)
-        i = rng.integers(0, n, size=max_pairs)
-        j = rng.integers(0, n - 1, size=max_pairs)
+        k = min(max_pairs, SAMPLED_PAIRS)
+        i = rng.integers(0, n, size=k)
+        j = rng.integers(0, n - 1, size=k)
         j = j + (j >= i)  # uniform over j != i
-        vals = np.empty(max_pairs)
+        vals = np.empty(k)
         chunk = 65_536  # a million pairs at once is gigabytes
-        for start in range(0, max_pairs, chunk):
+        for start in range(0, k, chunk):
             part = slice(start, start + chunk)
             vals[part] = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", fx[i[part]], fx[j[part]]), 0.0)
     return _logmeanexp(-t * vals)
@@ -108,7 +132,7 @@ def au_table(
     pivot: str = "en",
     alpha: float = 2,
     t: float = 2,
-    max_pairs: int = 1_000_000,
+    max_pairs: int = MAX_PAIRS,
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Alignment/uniformity per language and cross-lingually for one model.
@@ -155,13 +179,14 @@ def _aligned_units(vecs: Mapping[str, np.ndarray], least: int = 2) -> dict[str, 
     return units
 
 
-def cross_uniformity(vecs: Mapping[str, np.ndarray], t: float = 2, max_pairs: int = 1_000_000,
+def cross_uniformity(vecs: Mapping[str, np.ndarray], t: float = 2, max_pairs: int = MAX_PAIRS,
                      seed: int = 0) -> float:
     """log mean exp(−t‖f(x) − f(y)‖²) over x = verse i in language a, y = verse j ≠ i in language b ≠ a.
 
     Uniform over unordered language pairs {a, b} and ordered verse pairs (i, j), i ≠ j
     (rows aligned: row i is the same verse in every language). Exact when there are at
-    most `max_pairs` such pairs, otherwise `max_pairs` drawn uniformly with a seeded generator.
+    most `max_pairs` such pairs, otherwise min(`max_pairs`, `SAMPLED_PAIRS`) drawn uniformly
+    with a seeded generator.
     """
     units = _aligned_units(vecs)
     langs = list(units)
@@ -169,25 +194,22 @@ def cross_uniformity(vecs: Mapping[str, np.ndarray], t: float = 2, max_pairs: in
     if n < 2:
         raise ValueError("cross-language uniformity needs at least two verses")
     lang_pairs = list(itertools.combinations(range(len(langs)), 2))
-    if len(lang_pairs) * n * (n - 1) <= max_pairs:
-        parts = []
-        off = ~np.eye(n, dtype=bool)
-        for a, b in lang_pairs:
-            g = units[langs[a]] @ units[langs[b]].T
-            parts.append(np.maximum(2.0 - 2.0 * g[off], 0.0))
-        vals = np.concatenate(parts)
+    if len(lang_pairs) * n * (n - 1) <= max_pairs:  # every language pair has n(n − 1) verse pairs: equal weights
+        logs = [_log_mean_kernel(units[langs[a]], units[langs[b]], t, skip_diagonal=True) for a, b in lang_pairs]
+        return _logmeanexp(np.array(logs))
     else:
         rng = np.random.default_rng(seed)
+        k = min(max_pairs, SAMPLED_PAIRS)
         stacked = np.stack([units[lang] for lang in langs])  # [L, n, d]
-        pair = rng.integers(0, len(lang_pairs), size=max_pairs)
+        pair = rng.integers(0, len(lang_pairs), size=k)
         la = np.array([a for a, _ in lang_pairs])[pair]
         lb = np.array([b for _, b in lang_pairs])[pair]
-        i = rng.integers(0, n, size=max_pairs)
-        j = rng.integers(0, n - 1, size=max_pairs)
+        i = rng.integers(0, n, size=k)
+        j = rng.integers(0, n - 1, size=k)
         j = j + (j >= i)
-        vals = np.empty(max_pairs)
+        vals = np.empty(k)
         chunk = 65_536
-        for start in range(0, max_pairs, chunk):
+        for start in range(0, k, chunk):
             part = slice(start, start + chunk)
             dots = np.einsum("ij,ij->i", stacked[la[part], i[part]], stacked[lb[part], j[part]])
             vals[part] = np.maximum(2.0 - 2.0 * dots, 0.0)

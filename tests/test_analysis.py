@@ -50,6 +50,17 @@ def test_uniformity_closed_forms():
         uniformity(np.eye(2)[:1])
 
 
+def test_uniformity_exact_over_several_blocks_and_without_underflow():
+    # 3000 vectors, half on one axis and half on another: the blockwise sum spans 3 blocks of rows
+    n = 1500
+    x = np.concatenate([np.tile([1.0, 0.0], (n, 1)), np.tile([0.0, 1.0], (n, 1))])
+    same, across = 2 * n * (n - 1), 2 * n * n  # ordered pairs i != j at distance 0 and at distance sqrt(2)
+    assert uniformity(x) == pytest.approx(math.log((same + across * math.exp(-4)) / (same + across)))
+    # a large t: exp(-1000) underflows to 0 in float64, the running log-sum-exp does not
+    assert uniformity(np.eye(2), t=500) == pytest.approx(-1000.0)
+    assert cross_uniformity({"en": np.eye(2), "de": np.eye(2)}, t=500) == pytest.approx(-1000.0)
+
+
 def test_uniformity_sampled_close_to_exact_and_seeded():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((300, 8))
