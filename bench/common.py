@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 #: The bench names written to ``bench_results`` (DESIGN §2).
-BENCHES = ("stage1_train", "stage2_train", "teacher_encode_cold", "teacher_encode_warm", "encode_bf16", "search")
+BENCHES = ("stage1_train", "stage2_train", "pipeline", "teacher_encode_cold", "teacher_encode_warm", "encode_bf16", "search")
 
 
 @dataclass(frozen=True)

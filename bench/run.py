@@ -4,6 +4,7 @@
     python -m bench.run --only search   # one part (encode, encode_bf16, train, search)
     python -m bench.run --rss           # also peak RSS of each smoke-profile step (subprocesses)
     python -m bench.run --only rss      # only that
+    python -m bench.run --pipeline      # also a whole default full_mimo run, seconds per asset
 
 Prints one table (ours, peer, ratio = ours / peer: higher is better for every metric)
 and appends each figure to ``bench_results(bench, metric, ours, peer, ratio, created_at)``
@@ -27,13 +28,16 @@ import tempfile
 import time
 from pathlib import Path
 
-PARTS = ("encode", "encode_bf16", "train", "search")  # the default; "rss" runs only when asked for
+PARTS = ("encode", "encode_bf16", "train", "search")  # the default; "rss" and "pipeline" run only when asked for
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    p.add_argument("--only", action="append", choices=PARTS + ("rss",), help="run only this part (repeatable)")
+    p.add_argument("--only", action="append", choices=PARTS + ("rss", "pipeline"),
+                   help="run only this part (repeatable)")
     p.add_argument("--rss", action="store_true", help="also measure peak RSS per smoke-profile step (minutes)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="also time a whole default full_mimo run, seconds per asset (about 20 minutes)")
     p.add_argument("--home", help="MIMO_HOME (default: $MIMO_HOME or <repo>/data)")
     p.add_argument("--sentences", type=int, default=2000, help="teacher encoding: English verses")
     p.add_argument("--encode-batch", type=int, default=64)
@@ -54,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    parts = tuple(args.only or PARTS) + (("rss",) if args.rss else ())
+    parts = tuple(args.only or PARTS) + (("rss",) if args.rss else ()) + (("pipeline",) if args.pipeline else ())
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars of the peers' libraries
@@ -127,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         r, d = run_search(args.queries, args.docs, args.dim, args.k, ann_docs=args.ann_docs)
         rows += r
         details["search"] = d
+
+    if "pipeline" in parts:
+        from .pipeline import run_pipeline
+
+        r, d = run_pipeline()
+        rows += r
+        details["pipeline"] = d
 
     rss_rows = None
     if "rss" in parts:

@@ -210,3 +210,14 @@ def test_encode_bf16_bench_rows_on_a_tiny_model(tiny_model):
     assert details["min_cosine_bf16_vs_fp32"] >= 0.999
     # the same FLOPs on both sides: the GFLOP/s ratio is the rows/s ratio
     assert by["achieved_gflops"].ratio == pytest.approx(by["rows_per_s"].ratio, rel=1e-9)
+
+
+@pytest.mark.e2e
+def test_pipeline_seconds_per_asset_from_the_event_log(smoke):
+    """`bench.pipeline.step_seconds` reads every asset step of a finished full_mimo run."""
+    from bench.pipeline import step_seconds
+
+    run_id, seconds = step_seconds(smoke["env"]["DAGSTER_HOME"])
+    assert {"teacher_embeddings", "stage1_checkpoint", "stage2_checkpoint", "baseline_checkpoints",
+            "mlir_eval"} <= set(seconds)
+    assert all(s >= 0 for s in seconds.values()) and run_id
