@@ -35,8 +35,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .evaluation import EvalResult, _seed
 from .evaluation import _number as _num
-from .evaluation import _seed
 from .stats import N_RESAMPLES, bootstrap_difference, holm, paired_test
 
 SIGNIFICANCE = 0.05
@@ -109,16 +109,14 @@ def _holds(diff: float | None, p_holm: float | None, better: str) -> bool | None
 # ------------------------------------------------------------------ from eval_compare: (a), (d)
 
 
-def _figure(rows: Sequence[Mapping], model: str, metric: str, seed, benchmark: str) -> float | None:
-    found = [r["value"] for r in rows if r["model"] == model and r["metric"] == metric
-             and r["benchmark"] == benchmark and r["query_lang"] == "all"
-             and (seed == "any" or _seed(r.get("seed")) == seed)]
-    return float(np.mean(found)) if found else None
-
-
 def _versus_reference(claim: str, rows: Sequence[Mapping], compare: Sequence[Mapping], other: str, metric: str,
                       measure: str, better: str, benchmark: str) -> list[Comparison]:
     """mimo vs ``other`` from the eval_compare rows of ``other`` (delta = other − mimo, flipped)."""
+    figures = EvalResult(tuple(rows), (), (), 0.0)
+
+    def figure(model, seed):  # seed None: the mean over the model's seeds (a model without seeds: its figure)
+        return figures.value(model, benchmark, metric, seed=seed)
+
     out = []
     found = [c for c in compare if c["model"] == other and c.get("reference", REFERENCE) == REFERENCE
              and c["benchmark"] == benchmark and c["metric"] == metric and c.get("query_lang", "all") == "all"]
@@ -127,17 +125,15 @@ def _versus_reference(claim: str, rows: Sequence[Mapping], compare: Sequence[Map
     for c in found:
         seed = _seed(c.get("seed"))
         delta, low, high = _num(c.get("delta")), _num(c.get("ci_low")), _num(c.get("ci_high"))
-        ref_seed = seed if seed in ref_seeds else (next(iter(ref_seeds)) if len(ref_seeds) == 1 else "any")
+        ref_seed = seed if seed in ref_seeds else (next(iter(ref_seeds)) if len(ref_seeds) == 1 else None)
         diff = None if delta is None else -delta
         p_holm = _num(c.get("p_holm"))
-        out.append(Comparison(claim, REFERENCE, other, seed, measure, better,
-                              _figure(rows, REFERENCE, metric, ref_seed, benchmark),
-                              _figure(rows, other, metric, seed, benchmark), diff,
+        out.append(Comparison(claim, REFERENCE, other, seed, measure, better, figure(REFERENCE, ref_seed),
+                              figure(other, seed), diff,
                               None if high is None else -high, None if low is None else -low,
                               _num(c.get("p_value")), p_holm, _holds(diff, p_holm, better)))
     if not found:  # figures without a test (e.g. MRC@10 without complete groups): shown, undecided
-        mine, theirs = _figure(rows, REFERENCE, metric, "any", benchmark), _figure(rows, other, metric, "any",
-                                                                                    benchmark)
+        mine, theirs = figure(REFERENCE, None), figure(other, None)
         if mine is not None and theirs is not None:
             out.append(Comparison(claim, REFERENCE, other, None, measure, better, mine, theirs, mine - theirs,
                                   None, None, None, None, None))
