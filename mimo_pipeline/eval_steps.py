@@ -127,16 +127,33 @@ def au_markdown(result: AUResult) -> str:
                            "cross − within"], rows) + "\n\n" + AU_LEGEND
 
 
+#: The benchmark whose pool A–U reads, in order of preference: both pools hold every verse in every
+#: language; a user corpus has translation only (its mlir needs the Bible's cross-references).
+AU_BENCHMARKS = ("mlir", "translation")
+
+
+def au_benchmark(benchmark_set) -> str:
+    """The first of `AU_BENCHMARKS` that ``benchmark_set`` has (an error naming them when none)."""
+    from .errors import MimoInputError
+
+    found = next((name for name in AU_BENCHMARKS if name in benchmark_set.names), None)
+    if found is None:
+        raise MimoInputError(f"alignment–uniformity reads the pool of one of {AU_BENCHMARKS} (every verse in every "
+                             f"language); this run has only {list(benchmark_set.names)}", source="mlir_benchmarks")
+    return found
+
+
 def run_au_analysis(student_base, stage1, stage2, baselines, benchmark_set, eval_result: EvalResult, *,
                     cache_root: str | Path, plots_dir: str | Path, precision: str, db, tracker, dagster_run_id: str,
                     teacher_name: str = "", n_resamples: int = 1000, max_verses: int = 500) -> AUReport:
-    """Alignment–uniformity of every evaluated model on the MLIR pool's verses (their vectors
-    come from the evaluation's cache: give the evaluation's ``precision``), rows into
+    """Alignment–uniformity of every evaluated model on the MLIR pool's verses (the translation
+    pool's without an mlir benchmark, see `au_benchmark`; the vectors come from the
+    evaluation's cache: give the evaluation's ``precision``), rows into
     ``au_metrics``, then the claims report (`claims`) from ``eval_result`` and the A–U figures,
     written to ``plots_dir/claims.md``; one MLflow run with the figures, plots and claims."""
     em = evaluation_models(student_base, stage1, stage2, baselines, None, precision=precision)
-    au = alignment_uniformity(em.models, benchmark_set.load("mlir"), cache_root, plots_dir, eval_result,
-                              seeds=em.seeds, max_verses=max_verses, n_resamples=n_resamples)
+    au = alignment_uniformity(em.models, benchmark_set.load(au_benchmark(benchmark_set)), cache_root, plots_dir,
+                              eval_result, seeds=em.seeds, max_verses=max_verses, n_resamples=n_resamples)
     claims = evaluate_claims(eval_result.rows, eval_result.compare, au.models)
     claims_md = claims.markdown()
     claims_path = Path(plots_dir) / "claims.md"

@@ -49,7 +49,7 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
-from .benchmarks import Benchmark
+from .benchmarks import Benchmark, is_dev_benchmark
 from .embedding_cache import EmbeddingCache, fill_cache, text_key
 from .errors import MimoInputError
 from .metrics import evaluated_queries, ir_metrics, mean_metrics, mrc_at_k, own_language_share, peer_per_query
@@ -522,11 +522,6 @@ def _number(x) -> float | None:
     return x if np.isfinite(x) else None
 
 
-def is_dev(benchmark: str) -> bool:
-    """A development benchmark (``dev-mlir``, ``dev-monolingual-de``, ...): for choosing settings, not results."""
-    return str(benchmark).startswith("dev-")
-
-
 def comparison_table(result: EvalResult,
                      metrics: Sequence[str] = ("ndcg@10", "recall@100", "mrc@10", "peer@100", "own_lang@10"),
                      tasks: Sequence[str] = ("mlir", "monolingual", "translation"),
@@ -546,7 +541,7 @@ def comparison_table(result: EvalResult,
     """
     acc: dict[tuple[str, str, str], dict] = {}  # (model, task, metric) -> seed -> rows
     for r in result.rows:
-        if r["query_lang"] == "all" and r["metric"] in metrics and r["task"] in tasks and is_dev(r["benchmark"]) == dev:
+        if r["query_lang"] == "all" and r["metric"] in metrics and r["task"] in tasks and is_dev_benchmark(str(r["benchmark"])) == dev:
             acc.setdefault((r["model"], r["task"], r["metric"]), {}).setdefault(_seed(r.get("seed")), []).append(r)
     p_holm = {(c["model"], c["benchmark"], c["metric"], _seed(c.get("seed"))): _number(c.get("p_holm"))
               for c in result.compare if c.get("query_lang", "all") == "all"}

@@ -148,3 +148,14 @@ def test_make_run_summary_prints_the_claims_and_the_readonly_command(ran, capsys
     assert f"duckdb -readonly {ran.home / 'mimo.duckdb'}" in out
     assert "the paper's claims on this run:" in out and ran.au.claims_md in out
     assert "alignment and uniformity" in out and "| mimo |" in out
+
+
+def test_au_reads_the_mlir_pool_or_else_the_translation_pool():
+    from mimo_pipeline.errors import MimoInputError
+    from mimo_pipeline.eval_steps import au_benchmark
+
+    assert au_benchmark(SimpleNamespace(names=("mlir", "translation", "dev-mlir"))) == "mlir"
+    # a user corpus: translation only (mlir needs the Bible's cross-references)
+    assert au_benchmark(SimpleNamespace(names=("translation", "dev-translation"))) == "translation"
+    with pytest.raises(MimoInputError, match="one of"):
+        au_benchmark(SimpleNamespace(names=("dev-mlir", "/data/my-beir")))
