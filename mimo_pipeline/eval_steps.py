@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .claims import ClaimsReport, evaluate_claims
 from .evaluation import (TABLE_LEGEND, AUResult, EvalConfig, EvalResult, alignment_uniformity, au_points,
-                         comparison_table)
+                         comparison_table, evaluate_models)
 from .fileio import atomic_path
 from .models import evaluation_models
 from .report import markdown_table
@@ -35,13 +35,12 @@ class MlirEvalReport:
     dev_table_md: str  # the same over the development benchmarks ("" when there are none)
     out_of_range: int  # figures outside [0, 1] (MRC@10 is in [-100, 100] and not counted)
     precision: str  # the resolved precision of the checkpoint models
-    mlflow_runs: int
-    seeds: dict
+    seeds: dict  # model key -> training seed (None: not trained or not known)
 
 
 @dataclass(frozen=True)
 class AUReport:
-    """What `run_au_analysis` did: the A–U result (its ``claims`` set) and what the asset shows."""
+    """What `run_au_analysis` did: the A–U result (its ``claims_md`` set) and what the asset shows."""
 
     result: AUResult
     au_table_md: str
@@ -57,8 +56,8 @@ def _resolved(models) -> str:
     return " ".join(sorted({m.precision for m in models.values() if hasattr(m, "precision")})) or "fp32"
 
 
-def _run_name(model: str, seed, teacher: str, prefix: str = "eval") -> str:
-    return f"{prefix} {model}" + ("" if seed is None else f" · seed {seed}") + f" · {teacher}"
+def _run_name(model: str, seed, teacher: str) -> str:
+    return f"eval {model}" + ("" if seed is None else f" · seed {seed}") + f" · {teacher}"
 
 
 def run_mlir_eval(student_base, stage1, stage2, baselines, teacher, benchmark_set, *, cache_root: str | Path,
@@ -70,42 +69,34 @@ def run_mlir_eval(student_base, stage1, stage2, baselines, teacher, benchmark_se
     their interval bounds, and its differences from mimo."""
     em = evaluation_models(student_base, stage1, stage2, baselines, teacher, batch_size=config.batch_size,
                            precision=precision)
-    result = evaluate_models_for(em, benchmark_set, cache_root, config)
+    result = evaluate_models(em.models, benchmark_set, cache_root, config, only=em.only, seeds=em.seeds)
     db.append("eval_metrics", [{**r, "dagster_run_id": dagster_run_id} for r in result.rows])
     db.append("eval_compare", [{**r, "dagster_run_id": dagster_run_id} for r in result.compare])
     teacher_name = teacher.name if teacher is not None else "no teacher"
-    runs = 0
-    for model, seed in dict.fromkeys((r["model"], r["seed"]) for r in result.rows):
-        metrics = {}
-        for r in result.rows:
-            if (r["model"], r["seed"], r["query_lang"]) == (model, seed, "all"):
-                metrics[f"{r['benchmark']}/{r['metric']}"] = r["value"]
-                if r["ci_low"] is not None:
-                    metrics[f"{r['benchmark']}/{r['metric']}/ci_low"] = r["ci_low"]
-                    metrics[f"{r['benchmark']}/{r['metric']}/ci_high"] = r["ci_high"]
-        for c in result.compare:
-            if (c["model"], c["seed"]) == (model, seed):
-                metrics[f"{c['benchmark']}/{c['metric']}/delta_vs_{c['reference']}"] = c["delta"]
-                metrics[f"{c['benchmark']}/{c['metric']}/p_holm_vs_{c['reference']}"] = c["p_holm"]
+    metrics: dict[tuple, dict[str, float]] = {}  # (model, seed) -> MLflow metrics, in the rows' order
+    for r in result.rows:
+        m = metrics.setdefault((r["model"], r["seed"]), {})
+        if r["query_lang"] == "all":
+            m[f"{r['benchmark']}/{r['metric']}"] = r["value"]
+            if r["ci_low"] is not None:
+                m[f"{r['benchmark']}/{r['metric']}/ci_low"] = r["ci_low"]
+                m[f"{r['benchmark']}/{r['metric']}/ci_high"] = r["ci_high"]
+    for c in result.compare:
+        m = metrics[(c["model"], c["seed"])]
+        m[f"{c['benchmark']}/{c['metric']}/delta_vs_{c['reference']}"] = c["delta"]
+        m[f"{c['benchmark']}/{c['metric']}/p_holm_vs_{c['reference']}"] = c["p_holm"]
+    for (model, seed), m in metrics.items():
         tags = {"model": model, "teacher": teacher_name, "asset": "mlir_eval"}
         if seed is not None:
             tags["seed"] = str(seed)
         with tracker.run(_run_name(model, seed, teacher_name), dagster_run_id=dagster_run_id, tags=tags) as run:
-            run.log_metrics(metrics)
-        runs += 1
+            run.log_metrics(m)
     header, rows = comparison_table(result)
     table = markdown_table(header, rows) + "\n\n" + TABLE_LEGEND
     dev_header, dev_rows = comparison_table(result, dev=True)
     dev_table = markdown_table(dev_header, dev_rows) if len(dev_header) > 1 else ""
     bad = sum(1 for r in result.rows if r["metric"] != "mrc@10" and not 0.0 <= r["value"] <= 1.0)
-    return MlirEvalReport(result, table, dev_table, bad, _resolved(em.models), runs, dict(em.seeds))
-
-
-def evaluate_models_for(em, benchmark_set, cache_root, config: EvalConfig) -> EvalResult:
-    """`evaluation.evaluate_models` on `models.EvalModels` (its models, limits and seeds)."""
-    from .evaluation import evaluate_models
-
-    return evaluate_models(em.models, benchmark_set, cache_root, config, only=em.only, seeds=em.seeds)
+    return MlirEvalReport(result, table, dev_table, bad, _resolved(em.models), dict(em.seeds))
 
 
 AU_LEGEND = ("alignment: mean ‖f(x) − f(y)‖² over translation pairs of two different languages (lower = better "

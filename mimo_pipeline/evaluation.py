@@ -541,7 +541,8 @@ def comparison_table(result: EvalResult,
     """
     acc: dict[tuple[str, str, str], dict] = {}  # (model, task, metric) -> seed -> rows
     for r in result.rows:
-        if r["query_lang"] == "all" and r["metric"] in metrics and r["task"] in tasks and is_dev_benchmark(str(r["benchmark"])) == dev:
+        if (r["query_lang"] == "all" and r["metric"] in metrics and r["task"] in tasks
+                and is_dev_benchmark(str(r["benchmark"])) == dev):
             acc.setdefault((r["model"], r["task"], r["metric"]), {}).setdefault(_seed(r.get("seed")), []).append(r)
     p_holm = {(c["model"], c["benchmark"], c["metric"], _seed(c.get("seed"))): _number(c.get("p_holm"))
               for c in result.compare if c.get("query_lang", "all") == "all"}

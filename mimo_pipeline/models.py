@@ -25,9 +25,6 @@ class EvalModels:
     only: dict[str, tuple[str, ...]] = field(default_factory=dict)
     seeds: dict[str, int | None] = field(default_factory=dict)
 
-    def names(self) -> list[str]:
-        return list(dict.fromkeys(e.name for e in self.models.values()))
-
 
 def trained_models(trained: Any, default_name: str) -> list[tuple[str, int | None, Any]]:
     """``[(name, seed, TrainedModel)]`` from what a training asset hands on.

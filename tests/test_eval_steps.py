@@ -159,3 +159,27 @@ def test_au_reads_the_mlir_pool_or_else_the_translation_pool():
     assert au_benchmark(SimpleNamespace(names=("translation", "dev-translation"))) == "translation"
     with pytest.raises(MimoInputError, match="one of"):
         au_benchmark(SimpleNamespace(names=("dev-mlir", "/data/my-beir")))
+
+
+def test_trained_models_reads_every_shape_a_training_asset_hands_on(checkpoints):
+    from mimo_pipeline.models import evaluation_models, trained_models
+
+    ck = checkpoints["stage1"].models["stage1"][13].checkpoint
+    old = SimpleNamespace(checkpoint=ck, config={"stage": {"train": {"seed": 7}}})  # a TrainedModel before `seed`
+    assert trained_models(old, "stage1") == [("stage1", 7, old)]
+    assert trained_models({"xlco": old, "lakda": [old, old]}, "x") == [("xlco", 7, old), ("lakda", 7, old),
+                                                                       ("lakda", 7, old)]
+    assert [(n, s) for n, s, _ in trained_models(checkpoints["stage2"], "mimo")] == [
+        ("mimo", 13), ("mimo", 14), ("mimo_lambda_1", 13)]
+    assert trained_models(None, "x") == []
+    with pytest.raises(TypeError):
+        trained_models(42, "x")
+    em = evaluation_models(checkpoints["student_base"], checkpoints["stage1"], checkpoints["stage2"],
+                           checkpoints["baselines"], None)
+    # the report's order; a name with several seeds gets one key per seed
+    assert list(em.models) == ["base_student", "stage1", "mimo@13", "mimo@14", "mimo_lambda_1", "xlco", "use_m"]
+    assert em.seeds == {"base_student": None, "stage1": 13, "mimo@13": 13, "mimo@14": 14, "mimo_lambda_1": 13,
+                        "xlco": 13, "use_m": None}
+    assert {k: e.name for k, e in em.models.items()}["mimo@14"] == "mimo"
+    with pytest.raises(ValueError, match="twice"):
+        evaluation_models(checkpoints["student_base"], [checkpoints["stage1"], checkpoints["stage1"]], None, None, None)
