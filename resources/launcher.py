@@ -10,7 +10,7 @@ from pathlib import Path
 def launch_distributed(context, function: str, args: tuple, world_size: int, mlflow: dict | None = None,
                        kwargs: dict | None = None):
     """Run ``mimo_pipeline.stages.<function>(*args, **kwargs)`` under
-    ``torchrun --standalone --nproc-per-node=world_size`` (`mimo_pipeline.ddp_worker`),
+    ``torchrun --standalone --nproc-per-node=world_size`` (`resources.ddp_worker`),
     launched with ``dagster.PipesSubprocessClient`` so that rank 0's log lines reach the
     Dagster run; returns what rank 0's call returned. Each process gets its share of
     ``OMP_NUM_THREADS``."""
@@ -22,7 +22,7 @@ def launch_distributed(context, function: str, args: tuple, world_size: int, mlf
                                            "result": str(result_path), "mlflow": mlflow}))
         threads = max(1, int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)) // world_size)
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
-                   "-m", "mimo_pipeline.ddp_worker", str(job_path)]
+                   "-m", "resources.ddp_worker", str(job_path)]
         context.log.info(f"launching {function} on {world_size} processes: {' '.join(command)}")
         PipesSubprocessClient().run(command=command, context=context,
                                     env={**os.environ, "OMP_NUM_THREADS": str(threads)})

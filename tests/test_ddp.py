@@ -58,7 +58,7 @@ def _torchrun(root, function, args, name):
     job = root / f"{name}.pkl"
     job.write_bytes(pickle.dumps({"function": function, "result": str(root / f"{name}.result.pkl"), "args": args}))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           "-m", "mimo_pipeline.ddp_worker", str(job)], cwd=REPO, capture_output=True, text=True,
+                           "-m", "resources.ddp_worker", str(job)], cwd=REPO, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return pickle.loads((root / f"{name}.result.pkl").read_bytes())

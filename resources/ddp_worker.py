@@ -1,6 +1,6 @@
 """The torchrun entry point of data-parallel training (``world_size > 1`` in a training asset's config).
 
-    torchrun --standalone --nproc-per-node=N -m mimo_pipeline.ddp_worker JOB.pkl
+    torchrun --standalone --nproc-per-node=N -m resources.ddp_worker JOB.pkl
 
 ``JOB.pkl`` holds the `mimo_pipeline.stages` function to call (``train_stage1``,
 ``train_stage2`` or ``train_baseline``), its arguments, where to write the result and,
