@@ -27,13 +27,14 @@ class TrainingSizes:
     """How much training a profile affords. The paper's values (DESIGN §1) are the
     asset configs' defaults for everything else (lr 1e-4 / 2e-5, λ 0.2, warmup 0.1);
     a GPU run at paper scale raises these: 1 epoch, batch 128 (Stage 1) and 2048 (Stage 2).
-    The defaults fit all training in about 10 minutes on 2 CPU cores: measured, a step of 32
-    pairs (two encoder passes each) takes about 10 s there, so batch 16. ``mini_batch_size``
-    is gradient caching's chunk (memory only: the weights do not depend on it); None = the
-    whole batch in one chunk, which suits a CPU's memory at these sizes."""
+    On 2 CPU cores a step of 16 rows takes 3–4 s; the default trains Stage 1 24 steps,
+    mimo and each of the three λ-ablation models 12, and each baseline 36 (mimo's matched
+    budget: Stage 1 + Stage 2), 228 steps in all, about 12 minutes (README, Results).
+    ``mini_batch_size`` is gradient caching's chunk (memory only: the weights do not depend
+    on it); None = the whole batch in one chunk, which suits a CPU's memory at these sizes."""
 
-    stage1_steps: int = 40
-    stage2_steps: int = 20
+    stage1_steps: int = 24
+    stage2_steps: int = 12
     batch_size: int = 16
     mini_batch_size: int | None = None
     max_length: int = 64
