@@ -16,7 +16,7 @@ from mimo_pipeline.trainer import TrainConfig
 from resources import MimoSettings, MlflowTracking, ModelCatalog, ResultsStore
 from resources.launcher import launch_distributed
 
-from ._meta import md_table, path_meta, png_meta
+from ._meta import path_meta, png_meta
 
 
 class StageSettings(Config):

@@ -263,7 +263,7 @@ def _append_card(path: Path, name: str, cfg: StageConfig, init: ModelCheckpoint,
              f"- seed {t.seed}; {t.steps} steps × {t.batch_size} rows (gradient-cache mini-batches of {t.chunk}); "
              f"lr {t.lr}, warmup {t.warmup_ratio}, max length {t.max_length}, "
              f"word embeddings {'frozen' if t.freeze_word_embeddings else 'trained'}",
-             f"- final loss terms: " + ", ".join(f"{k} {v:.4f}" for k, v in result.final_terms.items()
+             "- final loss terms: " + ", ".join(f"{k} {v:.4f}" for k, v in result.final_terms.items()
                                                  if k not in ("lr", "rows_per_s", "grad_norm"))]
     if p1:
         lines.append(f"- held-out en↔X translation P@1 ({P1_SPLIT} split): "

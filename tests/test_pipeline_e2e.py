@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, instance_of, materializations
+from tests.conftest import instance_of, materializations
 
 pytestmark = pytest.mark.e2e
 
