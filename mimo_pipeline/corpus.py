@@ -96,7 +96,7 @@ from .errors import MimoInputError
 from .fileio import (atomic_dir, check_parquet, iter_parquet_batches, parquet_writer, quarantine, read_parquet,
                      write_json)
 from . import userfiles
-from .userfiles import as_text, open_user_table, path_fingerprint
+from .userfiles import as_text, first_repeat, open_user_table, path_fingerprint, unique_in_order
 
 log = logging.getLogger(__name__)
 
@@ -431,26 +431,6 @@ class _Staged:
         return self.vsplit[self.vid]
 
 
-def _unique_in_order(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(code of each key, numbered in order of first appearance; index of each code's first row)."""
-    uniq, first_idx, inv = np.unique(keys, return_index=True, return_inverse=True)
-    order = np.argsort(first_idx, kind="stable")
-    rank = np.empty(len(uniq), np.int64)
-    rank[order] = np.arange(len(uniq))
-    return rank[inv.reshape(-1)], first_idx[order]
-
-
-def _first_repeat(keys: np.ndarray) -> tuple[int, int] | None:
-    """(first, second) indices of the earliest repeated key, earliest by the second index."""
-    order = np.argsort(keys, kind="stable")
-    k = keys[order]
-    same = np.flatnonzero(k[1:] == k[:-1]) + 1
-    if not len(same):
-        return None
-    i = same[np.argmin(order[same])]
-    return int(order[np.searchsorted(k, k[i])]), int(order[i])
-
-
 def _check_corpus_columns(source: str, columns: Sequence[str], hint: str) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
@@ -544,7 +524,7 @@ def _stage_user(path: str | Path, config: CorpusConfig, stage_path: Path) -> _St
     en_a = np.frombuffer(en_h, np.int64)
     split_a = np.frombuffer(split_c, np.int8)
     vid_keys = np.frombuffer(vid_h, np.int64) if has_id else en_a
-    vid, first_idx = _unique_in_order(vid_keys)
+    vid, first_idx = unique_in_order(vid_keys)
     if has_id and (np.frombuffer(vid_h, np.int64) == 0).any():  # some parts lack the column
         raise MimoInputError("some splits have a verse_id column and some do not; give every split the same "
                              "columns", source=source)
@@ -558,7 +538,7 @@ def _stage_user(path: str | Path, config: CorpusConfig, stage_path: Path) -> _St
                 return batch.slice(int(hit[0]), 1).to_pylist()[0]
         raise AssertionError(want)  # pragma: no cover
 
-    rep = _first_repeat(vid.astype(np.int64) * 1024 + lang_a)
+    rep = first_repeat(vid.astype(np.int64) * 1024 + lang_a)
     if rep is not None:
         first, second = rep
         rec = staged_row(second)

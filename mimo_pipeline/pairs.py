@@ -60,7 +60,7 @@ from .bible import normalize_whitespace
 from .errors import MimoInputError
 from .fileio import (CorruptFileError, atomic_dir, check_parquet, iter_parquet_batches, parquet_writer, quarantine,
                      read_parquet, write_json, write_parquet)
-from .userfiles import UserTable, as_text, open_user_table, path_fingerprint
+from .userfiles import UserTable, as_text, first_repeat, open_user_table, path_fingerprint, unique_in_order
 
 log = logging.getLogger(__name__)
 
@@ -424,35 +424,20 @@ def _record_at(table: UserTable, row: int, columns: Sequence[str]) -> tuple[str,
     raise AssertionError(f"row {row} not found")  # pragma: no cover
 
 
-def _first_duplicate(keys: np.ndarray) -> tuple[int, int] | None:
-    """Indices (first, second) of the earliest repeat of a key, by the second's position."""
-    order = np.argsort(keys, kind="stable")
-    k = keys[order]
-    same = np.flatnonzero(k[1:] == k[:-1]) + 1
-    if not len(same):
-        return None
-    i = same[np.argmin(order[same])]
-    start = np.searchsorted(k, k[i])
-    return int(order[start]), int(order[i])
-
-
 def _long_groups(table: UserTable, layout: _Layout, config: PairsConfig, stats: dict):
     """Validate a long file (pass 1) and give the groups: ``(group of row i, eligible
     groups in order, contiguous, langs)``."""
     rows, pair_h, key_h, lang_ix, langs = _long_scan(table, config, stats)
     src = str(table.path)
-    dup = _first_duplicate(key_h)
+    dup = first_repeat(key_h)
     if dup is not None:
         first, second = rows[dup[0]], rows[dup[1]]
         psrc, rec = _record_at(table, int(second), ["pair_id", "lang"])
         raise MimoInputError(f"pair_id {str(rec['pair_id']).strip()!r} has two rows for language "
                              f"{_language(str(rec['lang']), source=psrc)!r} (rows {first} and {second}); keep one "
                              f"query and passage per pair and language", source=psrc, row=int(second))
-    uniq, first_idx, inv = np.unique(pair_h, return_index=True, return_inverse=True)
-    rank = np.empty(len(uniq), np.int64)
-    rank[np.argsort(first_idx, kind="stable")] = np.arange(len(uniq))
-    group = rank[inv]  # group number in order of first appearance
-    first_row_of_group = rows[np.sort(first_idx)]
+    group, first_idx = unique_in_order(pair_h)  # group number in order of first appearance
+    first_row_of_group = rows[first_idx]
     selected = np.array([x == "en" or config.languages is None or x in config.languages for x in langs])
     if config.languages is not None:
         absent = [x for x in config.languages if x not in langs]
@@ -460,7 +445,7 @@ def _long_groups(table: UserTable, layout: _Layout, config: PairsConfig, stats: 
             raise MimoInputError(f"languages {', '.join(absent)} have no row; the file has "
                                  f"{', '.join(sorted(langs))}", source=src)
     sel = selected[lang_ix]
-    n_groups = len(uniq)
+    n_groups = len(first_idx)
     en_code = langs.index("en") if "en" in langs else -1
     has_en = np.zeros(n_groups, bool)
     if en_code >= 0:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -374,3 +375,28 @@ def path_fingerprint(path: str | Path) -> str:
         return "dir-sha256:" + h.hexdigest()
     raise MimoInputError("no such file or folder; source_path must name a TSV file, a Parquet "
                          "file or a folder saved by datasets.Dataset.save_to_disk", source=str(p))
+
+
+# --------------------------------------------------------------------------- row keys
+# Checks across rows run on one integer key per row (a hash), not on the texts: see
+# `corpus` and `pairs`.
+
+
+def unique_in_order(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(code of each key, numbered in order of first appearance; index of each code's first row)."""
+    uniq, first_idx, inv = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first_idx, kind="stable")
+    rank = np.empty(len(uniq), np.int64)
+    rank[order] = np.arange(len(uniq))
+    return rank[inv.reshape(-1)], first_idx[order]
+
+
+def first_repeat(keys: np.ndarray) -> tuple[int, int] | None:
+    """(first, second) indices of the earliest repeated key, earliest by the second index."""
+    order = np.argsort(keys, kind="stable")
+    k = keys[order]
+    same = np.flatnonzero(k[1:] == k[:-1]) + 1
+    if not len(same):
+        return None
+    i = same[np.argmin(order[same])]
+    return int(order[np.searchsorted(k, k[i])]), int(order[i])
