@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import MimoInputError
-from .fileio import atomic_dir, write_json
+from .fileio import atomic_dir, sha256_file, write_json
 from .losses import (DISTILL_KINDS, CachedLakdaLoss, CachedMimoLoss, contrastive_loss, fit_least_squares,
                      load_projection, make_projection, save_projection, stage1_loss)
 from .pairs import read_pairs
@@ -168,6 +168,38 @@ def _prompt(init: ModelCheckpoint, kind: str) -> str:
     return (init.prompts or {}).get(kind, "")
 
 
+def _folder_hashes(folder: Path) -> dict[str, str]:
+    from .fileio import sha256_file
+
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def checkpoint_ready(models_dir: str | Path, name: str, fingerprint: str) -> bool:
+    """Whether ``models/<name>/<fingerprint>/`` is complete and intact: its summary exists and
+    every file matches the SHA-256 written with it. A folder that does not match is moved
+    aside (``.corrupt-<UTC>``, a WARNING says so) and False is returned: it is retrained."""
+    from .fileio import quarantine
+
+    dest = Path(models_dir) / name / fingerprint
+    summary = Path(models_dir) / name / f"{fingerprint}.training.json"
+    if not ((dest / "modules.json").exists() and summary.exists()):
+        return False
+    meta = json.loads(summary.read_text())
+    want, want_w = meta.get("content_sha256"), meta.get("projection_sha256")
+    if want is None:  # written before checkpoints carried their hashes
+        return True
+    projection = Path(models_dir) / name / f"{fingerprint}.projection.safetensors"
+    intact = _folder_hashes(dest) == want and (
+        want_w is None or (projection.exists() and sha256_file(projection) == want_w))
+    if intact:
+        return True
+    quarantine(dest, f"{name} is retrained from its fingerprint {fingerprint}")
+    quarantine(summary, "it is rewritten with the retrained checkpoint")
+    if projection.exists():
+        quarantine(projection, "it is rewritten with the retrained checkpoint")
+    return False
+
+
 def _run(name: str, init: ModelCheckpoint, fingerprint: str, models_dir: str | Path, cfg: StageConfig,
          build_loss: Callable, dataset, prompts: dict[str, str], on_log, *, p1_corpus=None,
          card: dict | None = None) -> TrainedModel:
@@ -176,7 +208,7 @@ def _run(name: str, init: ModelCheckpoint, fingerprint: str, models_dir: str | P
     summary_path = Path(models_dir) / name / f"{fingerprint}.training.json"
     ckpt = ModelCheckpoint(model=name, path=str(dest), fingerprint=fingerprint, source_ref=init.path,
                            dim=init.dim, prompts=dict(init.prompts))
-    if (dest / "modules.json").exists() and summary_path.exists():
+    if (dest / "modules.json").exists() and summary_path.exists():  # the caller checked it (checkpoint_ready)
         log.info("%s: checkpoint %s exists, nothing to train", name, dest)
         s = json.loads(summary_path.read_text())
         return TrainedModel(ckpt, str(proj_path) if proj_path.exists() else None, s["steps"], s["wall_s"],
@@ -243,7 +275,8 @@ def _train(name, init, fingerprint, models_dir, cfg, build_loss, dataset, prompt
             _append_card(tmp / "README.md", name, cfg, init, card or {}, result, p1)
         write_json({"steps": result.steps, "wall_s": result.wall_s, "rows_per_s": result.rows_per_s,
                     "final_terms": result.final_terms, "history": result.history, "config": config,
-                    "translation_p1": p1}, summary_path)
+                    "translation_p1": p1, "content_sha256": _folder_hashes(dest),
+                    "projection_sha256": sha256_file(proj_path) if projection is not None else None}, summary_path)
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)  # the checkpoint is complete: the trainer state is spent
@@ -311,7 +344,7 @@ def train_stage1(init: ModelCheckpoint, corpus_path: str | Path, teacher: Teache
     order = _order(len(rows.texts), t.steps * t.batch_size, t.seed)
     fp = _fingerprint("stage1", TRAINING_CODE_VERSION, init.fingerprint, teacher.fingerprint,
                       Path(corpus_path).parent.name, asdict(cfg))
-    dest_exists = (Path(models_dir) / "stage1" / fp / "modules.json").exists()
+    dest_exists = checkpoint_ready(models_dir, "stage1", fp)
     dataset = None
     projection = make_projection(init.dim, teacher.dim, seed=t.seed)
     if not dest_exists:
@@ -391,7 +424,7 @@ def train_stage2(init: ModelCheckpoint, init_projection: str | None, pairs_path:
     fp = _fingerprint(name, TRAINING_CODE_VERSION, init.fingerprint, teacher.fingerprint,
                       Path(pairs_path).parent.name, asdict(cfg))
     dataset = None
-    if not (Path(models_dir) / name / fp / "modules.json").exists():
+    if not checkpoint_ready(models_dir, name, fp):
         needed = list(dict.fromkeys([r["q_en"] for r in used] + [r["p_en"] for r in used]))
         vec_of = dict(zip(needed, teacher.vectors(needed)))
         dataset = Dataset.from_dict({
@@ -416,6 +449,7 @@ def train_baseline(name: str, init: ModelCheckpoint, pairs_path: str | Path, cfg
     t = cfg.train
     used = _pairs_order(pairs_path, cfg)
     fp = _fingerprint(name, TRAINING_CODE_VERSION, init.fingerprint, Path(pairs_path).parent.name, asdict(cfg))
+    checkpoint_ready(models_dir, name, fp)  # a damaged checkpoint is moved aside and retrained
     columns = {"infonce": {"anchor": "q_a", "positive": "p_a"},  # same-language pairs
                "xlco": {"anchor": "q_a", "positive": "p_b"},
                "lakda": {"anchor": "q_a", "positive": "p_c", "anchor_b": "q_b"}}[name]

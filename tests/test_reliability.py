@@ -411,3 +411,26 @@ def test_stage2_runs_when_the_projection_matches(tmp_path, model_dir):
     out = train_stage2(ctx.student(), str(proj), ctx.pairs(), ctx.teacher, stage_cfg(), tmp_path / "models")
     assert out.steps == 1 and not out.reused and ctx.teacher.calls == 1
     assert (Path(out.checkpoint.path) / "modules.json").exists()
+
+
+def test_a_damaged_checkpoint_is_moved_aside_and_retrained(tmp_path, model_dir):
+    """Checkpoints carry the SHA-256 of their files (in the summary written after them): a
+    flipped byte in a reused checkpoint moves it aside (.corrupt-<UTC>) and retrains it."""
+    ctx = Ctx(tmp_path, model_dir, FakeTeacher(armed=False))
+    first = train_stage2(ctx.student(), str(ctx.projection(32, TEACHER_DIM)), ctx.pairs(), ctx.teacher, stage_cfg(),
+                         tmp_path / "models")
+    again = train_stage2(ctx.student(), str(ctx.projection(32, TEACHER_DIM)), ctx.pairs(), ctx.teacher, stage_cfg(),
+                         tmp_path / "models")
+    assert not first.reused and again.reused
+    weights = Path(first.checkpoint.path) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    healed = train_stage2(ctx.student(), str(ctx.projection(32, TEACHER_DIM)), ctx.pairs(), ctx.teacher,
+                          stage_cfg(), tmp_path / "models")
+    assert not healed.reused and healed.checkpoint.path == first.checkpoint.path
+    aside = list(Path(first.checkpoint.path).parent.glob(f"{Path(first.checkpoint.path).name}.corrupt-*"))
+    assert len(aside) == 1 and (aside[0] / "model.safetensors").exists()
+    from safetensors.torch import load_file
+
+    assert load_file(str(weights))  # the retrained folder reads
