@@ -122,7 +122,6 @@ def step(name: str, work: Path, args) -> dict:
         return {"pairs": res.n_pairs, "rows_read": res.rows_read, "languages": len(res.languages),
                 "path": res.path}
     if name == "teacher_texts":
-        from mimo_pipeline.corpus import CorpusResult  # noqa: F401  (the handles are rebuilt from disk)
         from mimo_pipeline.pairs import PairsConfig, build_user_pairs
         from mimo_pipeline.teacher import iter_teacher_texts
 
@@ -207,7 +206,7 @@ def main(argv=None) -> None:
         return
     rows = [measure(name, work, args) for name in args.steps.split(",") if name]
     (work / "data_scale.json").write_text(json.dumps(rows, indent=2))
-    print(f"\n| step | rows | peak RSS MB | seconds |\n|---|---|---|---|")
+    print("\n| step | rows | peak RSS MB | seconds |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['step']} | {r['rows']:,} | {r['peak_rss_mb']:,.0f} | {r['seconds']:,.1f} |")
     if not args.keep:
