@@ -102,8 +102,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LANGUAGES: tuple[str, ...] = ("de", "fr", "es", "ru", "ar", "zh", "ko")
 SPLITS: tuple[str, ...] = ("train", "dev", "eval")
-#: Held-out splits: never drawn by training.
-HELD_OUT: tuple[str, ...] = ("dev", "eval")
 STATS_COLUMNS: tuple[str, ...] = (
     "raw", "near_empty", "too_short", "too_long", "ratio", "english_dup", "language_cap", "capped", "kept")
 _REASONS = STATS_COLUMNS[1:-1]  # reason code k+1 = _REASONS[k]; 0 = kept

@@ -28,7 +28,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -69,10 +69,6 @@ class UserTable:
     @property
     def columns(self) -> list[str]:
         return list(dict.fromkeys(c for p in self.parts for c in p.columns))
-
-    @property
-    def splits(self) -> list[str | None]:
-        return [p.split for p in self.parts]
 
     def batches(self, columns: Sequence[str] | None = None,
                 batch_rows: int = BATCH_ROWS) -> Iterator[tuple[TablePart, list[Record]]]:
@@ -351,14 +347,6 @@ def as_text(value: object, column: str, source: str, row: int, *, allow_int: boo
         return str(value)
     raise MimoInputError(f"column {column} holds {type(value).__name__} {value!r}, not text; "
                          f"store it as a string", source=source, row=row)
-
-
-def iter_records(table: UserTable, columns: Sequence[str] | None = None,
-                 batch_rows: int = BATCH_ROWS) -> Iterable[tuple[TablePart, int, dict]]:
-    """Every data row as ``(part, row, {column: value})``."""
-    for part, recs in table.batches(columns, batch_rows):
-        for row, rec in recs:
-            yield part, row, rec
 
 
 def path_fingerprint(path: str | Path) -> str:
