@@ -12,10 +12,17 @@ Shards carry page checksums (`fileio.write_parquet`) and each is read in full, c
 checked, the first time a process indexes it. A shard that cannot be read (truncated,
 bit rot, a foreign file) is moved aside to ``<name>.corrupt-<UTC time>`` with a WARNING;
 its texts are then simply cache misses, so the next build re-encodes them and nothing else.
+
+Two processes filling one folder (two runs of the pipeline on one MIMO_HOME) encode each text
+once: the first that finds texts missing takes the folder's file lock (``.fill.lock``,
+``flock``) and holds it to the end of its fill; the other logs that it waits, then re-reads the
+shards and encodes only what is still missing (usually nothing). A fill that finds every text
+cached takes no lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -95,6 +102,10 @@ class EmbeddingCache:
             self._index = index
         return self._index
 
+    def refresh(self) -> None:
+        """Forget the index: the next lookup re-reads the folder (shards another process wrote)."""
+        self._index = None
+
     def __len__(self) -> int:
         return len(self._load_index())
 
@@ -154,6 +165,53 @@ class EmbeddingCache:
         return dir_size(self.dir)
 
 
+#: The file lock of a cache folder, held by the process that fills it.
+FILL_LOCK = ".fill.lock"
+
+
+class _FillLock:
+    """The folder's fill lock, taken on first need (`acquire`) and released on exit. Taking it
+    after another process held it refreshes the cache's index, so that what the other process
+    wrote counts as hits."""
+
+    def __init__(self, cache: "EmbeddingCache"):
+        self.cache, self._file = cache, None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        if self._file is not None:
+            return
+        self.cache.dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.cache.dir / FILL_LOCK, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("cache %s: another process is filling it; waiting for it, then encoding only what it "
+                     "left missing", self.cache.dir)
+            t0 = time.perf_counter()
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+            log.info("cache %s: the other process is done after %.1fs", self.cache.dir, time.perf_counter() - t0)
+        self.cache.refresh()  # whether or not we waited: a fill that ended just now is on disk
+
+    def release(self) -> None:
+        import fcntl
+
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+@contextlib.contextmanager
+def _fill_lock(cache: "EmbeddingCache"):
+    lock = _FillLock(cache)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 @dataclass(frozen=True)
 class CacheReport:
     """What one cache build did."""
@@ -187,19 +245,22 @@ def fill_cache(
     """
     unique = list(dict.fromkeys(texts))
     keys = [text_key(t) for t in unique]
-    missing = set(cache.missing(keys))
-    todo = [(k, t) for k, t in zip(keys, unique) if k in missing]
-    hits = len(unique) - len(todo)
-    log.info("cache %s: %d texts, %d hits, %d to encode", cache.dir, len(unique), hits, len(todo))
-    t0 = time.perf_counter()
-    for start in range(0, len(todo), chunk_size):
-        part = todo[start:start + chunk_size]
-        vecs = encode([t for _, t in part])
-        cache.put([k for k, _ in part], vecs)
-        done = start + len(part)
-        rate = done / max(time.perf_counter() - t0, 1e-9)
-        log.info("encoded %d/%d (%.1f sentences/s)", done, len(todo), rate)
-    seconds = time.perf_counter() - t0 if todo else 0.0
+    with _fill_lock(cache) as lock:
+        if cache.missing(keys):  # under the folder's lock, then again: another process may have filled them
+            lock.acquire()
+        missing = set(cache.missing(keys))
+        todo = [(k, t) for k, t in zip(keys, unique) if k in missing]
+        hits = len(unique) - len(todo)
+        log.info("cache %s: %d texts, %d hits, %d to encode", cache.dir, len(unique), hits, len(todo))
+        t0 = time.perf_counter()
+        for start in range(0, len(todo), chunk_size):
+            part = todo[start:start + chunk_size]
+            vecs = encode([t for _, t in part])
+            cache.put([k for k, _ in part], vecs)
+            done = start + len(part)
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            log.info("encoded %d/%d (%.1f sentences/s)", done, len(todo), rate)
+        seconds = time.perf_counter() - t0 if todo else 0.0
     return CacheReport(path=str(cache.dir), fingerprint=cache.fingerprint, dim=cache.dim,
                        n_texts=len(unique), hits=hits, misses=len(todo), seconds=seconds,
                        cache_rows=len(cache), cache_bytes=cache.size_bytes())
@@ -232,20 +293,24 @@ def fill_cache_stream(
             log.info("encoded %d texts so far (%.1f sentences/s)", misses, misses / max(seconds, 1e-9))
 
     pending: set[str] = set()
-    for chunk in chunks:
-        unique = list(dict.fromkeys(chunk))
-        keys = [text_key(t) for t in unique]
-        absent = set(cache.missing(keys))
-        n_texts += len(unique)
-        for k, t in zip(keys, unique):
-            if k in absent and k not in pending:
-                todo.append((k, t))
-                pending.add(k)
-            elif k not in absent:
-                hits += 1
-        flush(chunk_size)
-        pending.intersection_update(k for k, _ in todo)
-    flush(1)
+    with _fill_lock(cache) as lock:
+        for chunk in chunks:
+            unique = list(dict.fromkeys(chunk))
+            keys = [text_key(t) for t in unique]
+            absent = set(cache.missing(keys))
+            if absent:  # the first miss takes the folder's lock (and re-reads what a waited-for fill wrote)
+                lock.acquire()
+                absent = set(cache.missing(keys))
+            n_texts += len(unique)
+            for k, t in zip(keys, unique):
+                if k in absent and k not in pending:
+                    todo.append((k, t))
+                    pending.add(k)
+                elif k not in absent:
+                    hits += 1
+            flush(chunk_size)
+            pending.intersection_update(k for k, _ in todo)
+        flush(1)
     log.info("cache %s: %d texts, %d hits, %d encoded", cache.dir, n_texts, hits, misses)
     return CacheReport(path=str(cache.dir), fingerprint=cache.fingerprint, dim=cache.dim,
                        n_texts=n_texts, hits=hits, misses=misses, seconds=seconds,
