@@ -120,3 +120,48 @@ def test_two_processes_filling_one_cache_encode_each_text_once(tmp_path, mode):
     assert len(cache) == len(TEXTS)
     assert np.array_equal(cache.get([text_key(t) for t in TEXTS]), np.stack([expected_vector(t) for t in TEXTS]))
     assert not [p for p in (root / "fp").iterdir() if p.name.endswith(".tmp") or ".corrupt-" in p.name]
+
+
+# --------------------------------------------------------------------------- training
+
+TRAIN = r"""
+import json, logging, os, sys, time
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+from pathlib import Path
+from mimo_pipeline.stages import train_stage2
+from tests.test_reliability import Ctx, FakeTeacher, stage_cfg
+ready, go, tmp, model_dir, pairs, projection, out = sys.argv[1:8]
+ctx = Ctx(Path(tmp), Path(model_dir), FakeTeacher(armed=False))
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.01)
+def slow(record):
+    time.sleep(1.0)  # a slow step: the other process arrives while this one trains
+res = train_stage2(ctx.student(), projection, pairs, ctx.teacher, stage_cfg(steps=4), Path(tmp) / "models",
+                   on_log=slow)
+json.dump({"reused": res.reused, "path": res.checkpoint.path, "steps": res.steps,
+           "fingerprint": res.checkpoint.fingerprint}, open(out, "w"))
+"""
+
+
+def test_two_processes_training_one_fingerprint_train_it_once(tmp_path):
+    from mimo_pipeline.stages import checkpoint_ready
+    from tests.test_crash import TEACHER_DIM, tiny_model_dir
+    from tests.test_reliability import Ctx, FakeTeacher
+
+    ctx = Ctx(tmp_path, tiny_model_dir(tmp_path / "tiny_bert"), FakeTeacher(armed=False))
+    pairs, projection = ctx.pairs(), ctx.projection(32, TEACHER_DIM)
+    results = run_together(tmp_path, TRAIN, [[str(tmp_path), str(ctx.model_dir), str(pairs), str(projection),
+                                               str(tmp_path / f"out{i}.json")] for i in range(2)])
+    for i, (rc, log) in enumerate(results):
+        assert rc == 0, f"process {i} failed:\n{log[-3000:]}"
+    outs = [json.loads((tmp_path / f"out{i}.json").read_text()) for i in range(2)]
+    assert sorted(o["reused"] for o in outs) == [False, True], outs
+    assert outs[0]["path"] == outs[1]["path"] and outs[0]["steps"] == outs[1]["steps"] == 4
+    waited = next(log for (_, log), o in zip(results, outs) if o["reused"])
+    assert "another process is training this fingerprint; waiting for it" in waited, waited[-2000:]
+    trained = next(log for (_, log), o in zip(results, outs) if not o["reused"])
+    assert "training 4 steps" in trained and "training 4 steps" not in waited
+    models = tmp_path / "models" / "mimo"
+    assert checkpoint_ready(tmp_path / "models", "mimo", outs[0]["fingerprint"])  # every file matches its hash
+    assert not [p.name for p in models.iterdir() if p.name.startswith(".work-") or ".corrupt-" in p.name]
