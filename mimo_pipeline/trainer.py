@@ -273,6 +273,12 @@ def _callbacks(loss: nn.Module, model: nn.Module, on_log: Callable[[dict], None]
                     dist.all_reduce(p.grad)
                     p.grad /= dist.get_world_size()
 
+        def on_step_end(self, args, state, control, **kwargs):
+            # The trainer also saves at the last step; that state is never resumed from (the caller
+            # writes the finished model and deletes the work folder), so skip writing the model twice.
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "loss" not in logs or not state.is_world_process_zero:
                 return

@@ -189,7 +189,8 @@ def test_training_killed_mid_run_resumes_to_the_uninterrupted_weights(model_dir,
 
 def test_a_half_written_trainer_checkpoint_is_swept_on_resume(model_dir, tmp_path):
     """What SIGKILL during a trainer save leaves (a checkpoint folder without its trainer
-    state) is removed, and the run resumes from the complete one before it."""
+    state) is removed, and the run resumes from the complete one before it. (The trainer
+    state of the last step is never written: the finished model is, by the caller.)"""
     import shutil
 
     import torch
@@ -198,14 +199,15 @@ def test_a_half_written_trainer_checkpoint_is_swept_on_resume(model_dir, tmp_pat
     threads = torch.get_num_threads()
     try:
         run_training(str(model_dir), str(work))
-        last = work / f"checkpoint-{STEPS}"
+        last = STEPS - CHECKPOINT_EVERY
+        assert _complete_step(work) == last and not (work / f"checkpoint-{STEPS}").exists()
         half = work / f"checkpoint-{STEPS + 2}"
-        shutil.copytree(last, half)
+        shutil.copytree(work / f"checkpoint-{last}", half)
         (half / "trainer_state.json").unlink()
         result, _ = run_training(str(model_dir), str(work))
     finally:
         torch.set_num_threads(threads)
-    assert result.resumed_from_step == STEPS  # nothing left to do
+    assert result.resumed_from_step == last
     assert not half.exists() and _tmp_files(work) == []
 
 
