@@ -5,7 +5,8 @@ from dagster import (AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, Asset
                      MaterializeResult, MetadataValue, asset)
 from pydantic import Field
 
-from mimo_pipeline.corpus import FILTER_PRESETS, SPLITS, CorpusResult, build_parallel_corpus_cached
+from mimo_pipeline.corpus import (DEFAULT_LANGUAGES, FILTER_PRESETS, SPLITS, CorpusResult,
+                                  build_parallel_corpus_cached)
 from mimo_pipeline.pairs import PairsConfig, PairsResult, build_stage2_pairs
 from resources import MimoSettings
 
@@ -60,7 +61,12 @@ class ParallelCorpusConfig(Config):
 )
 def parallel_corpus(context: AssetExecutionContext, config: ParallelCorpusConfig, settings: MimoSettings):
     s = settings.resolve()
-    languages = tuple(config.languages) if config.languages else s.profile.corpus.languages
+    if config.languages:
+        languages = tuple(config.languages)
+    elif config.source_path is not None:  # a user corpus: every language the file has, whatever the profile
+        languages = DEFAULT_LANGUAGES
+    else:
+        languages = s.profile.corpus.languages
     languages = tuple(dict.fromkeys((*languages, *config.extra_languages)))
     base = s.with_corpus(languages=languages, source_path=config.source_path)
     if config.filter_preset is not None:
