@@ -49,7 +49,9 @@ def mlir_benchmarks(context: AssetExecutionContext, config: BenchmarksConfig, pa
                                      translation_queries=config.translation_queries,
                                      dev_query_verses=config.dev_query_verses, dev_pool_verses=config.dev_pool_verses,
                                      dev_translation_queries=config.dev_translation_queries,
-                                     bible_benchmarks=config.bible_benchmarks)
+                                     bible_benchmarks=config.bible_benchmarks,
+                                     # the profile's pool sizes (nobody chose them) shrink to a small split
+                                     fit_pool=config.pool_verses is None and config.dev_pool_verses is None)
     result = build_benchmark_set(parallel_corpus.path, parallel_corpus.languages, s.home / "benchmarks",
                                  bench_config, user_folders=config.user_folders,
                                  user_corpus=not getattr(parallel_corpus, "is_bible", True))

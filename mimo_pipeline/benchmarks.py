@@ -86,7 +86,10 @@ class BenchmarkConfig:
     ``dev_*`` size the ``dev-`` benchmarks (None: a quarter of the test size, rounded
     up). ``bible_benchmarks``: build ``mlir``/``monolingual`` from the packaged Bible's
     cross-references (None: for the packaged Bible yes, for a user corpus no). ``dev``:
-    build the ``dev-`` benchmarks when the corpus has a dev split."""
+    build the ``dev-`` benchmarks when the corpus has a dev split. ``fit_pool``: a
+    translation pool larger than its split takes the whole split (`BenchmarkSet.notes` says
+    so) instead of failing; the ``mlir_benchmarks`` asset sets it when nobody chose the pool
+    sizes (they are the profile's, sized for the Bible, and a user corpus is any size)."""
 
     query_verses: int = 200
     pool_verses: int = 600
@@ -97,6 +100,7 @@ class BenchmarkConfig:
     dev_translation_queries: int | None = None
     bible_benchmarks: bool | None = None
     dev: bool = True
+    fit_pool: bool = False
 
     def __post_init__(self):
         for name in ("query_verses", "pool_verses", "translation_queries", "dev_query_verses", "dev_pool_verses",
@@ -250,18 +254,18 @@ def build_translation_benchmark(
     English and at least one more); ``translation_queries`` of them queried in each of
     their languages; relevant = the verse's other language versions (its own-language
     copy is the query, dropped as in BEIR). A pool larger than the split is a
-    `MimoInputError` naming the setting."""
+    `MimoInputError` naming the setting, or with ``config.fit_pool`` the whole split."""
     usable = {v: d for v, d in verses.items() if len(d) >= 2}
     setting = f"{'dev_' if is_dev_benchmark(name) else ''}pool_verses"
     if not usable:
         raise MimoInputError(f"the {split} split has no sentence in two languages; the translation benchmark needs "
                              f"parallel {split} rows", source="benchmarks")
-    if config.pool_verses > len(usable):
+    if config.pool_verses > len(usable) and not config.fit_pool:
         raise MimoInputError(
             f"{config.pool_verses} verses exceed the {len(usable)} {split} sentences of the corpus; set {setting} to at "
             f"most {len(usable)}, or hold out more sentences in the corpus' {split} split", source=setting)
     rng = random.Random(config.seed)
-    pool_v = sorted(rng.sample(sorted(usable), config.pool_verses))
+    pool_v = sorted(rng.sample(sorted(usable), min(config.pool_verses, len(usable))))
     query_v = sorted(rng.sample(pool_v, min(config.translation_queries, len(pool_v))))
 
     def doc(v: str, lang: str) -> dict:
@@ -492,6 +496,12 @@ def build_benchmark_set(
                 benches = build_bible_benchmarks(verses, refs, langs, cfg, prefix=prefix, split=split)
             else:
                 benches = [build_translation_benchmark(verses, cfg, name=f"{prefix}translation", split=split)]
+                pool = len({d["group"] for d in benches[0].corpus.values()})
+                if pool < cfg.pool_verses:
+                    notes.append(f"{prefix}translation: the pool holds all {pool} {split} sentences in two languages "
+                                 f"or more, fewer than the profile's {prefix.replace('-', '_')}pool_verses "
+                                 f"{cfg.pool_verses}")
+                    log.info(notes[-1])
             for bench in benches:
                 write_beir(bench, root / bench.name)
                 names.append(bench.name)

@@ -188,3 +188,17 @@ def test_a_translation_pool_larger_than_the_split_names_the_setting():
         build_translation_benchmark(verses, BenchmarkConfig(1, 6, 2), name="dev-translation", split="dev")
     b = build_translation_benchmark(verses, BenchmarkConfig(1, 5, 2))
     assert len(b.corpus) == 10 and len(b.queries) == 4 and b.task == "translation"
+
+
+def test_the_profiles_pool_size_shrinks_to_a_small_user_split_with_a_note(tmp_path):
+    """Nobody chose the profile's pool sizes (sized for the Bible): on a user corpus whose eval
+    split is smaller, the translation pool takes the whole split and a note says so."""
+    corpus = _user_corpus(tmp_path)
+    res = build_benchmark_set(corpus.path, corpus.languages, tmp_path / "b",
+                              BenchmarkConfig(5, 1000, 4, fit_pool=True), user_corpus=True)
+    assert {"translation", "dev-translation"} <= set(res.names)
+    n_eval = len({d.split(":")[0] for d in res.load("translation").corpus})
+    assert 0 < n_eval < 1000
+    assert any(f"translation: the pool holds all {n_eval} eval sentences" in n and "pool_verses 1000" in n
+               for n in res.notes), res.notes
+    assert any("dev-translation: the pool holds all" in n and "dev_pool_verses 250" in n for n in res.notes)
