@@ -161,6 +161,32 @@ def test_au_reads_the_mlir_pool_or_else_the_translation_pool():
         au_benchmark(SimpleNamespace(names=("dev-mlir", "/data/my-beir")))
 
 
+def test_the_claims_read_mlir_or_else_a_user_mlir_benchmark():
+    """With the Bible's benchmarks the claims read mlir; with a user corpus and the MIMO release's
+    folders, the first test benchmark of task mlir (named in the claims' measures)."""
+    from mimo_pipeline.claims import claim_a
+    from mimo_pipeline.eval_steps import claims_benchmark
+
+    def result(*benches):
+        rows = tuple({"benchmark": b, "task": t, "model": "mimo", "seed": 13, "query_lang": "all",
+                      "metric": "ndcg@10", "value": 0.5} for b, t in benches)
+        return SimpleNamespace(rows=rows, benchmarks=tuple(b for b, _ in benches))
+
+    assert claims_benchmark(result(("mlir", "mlir"), ("translation", "translation"), ("Belebele_test", "mlir"))) \
+        == "mlir"
+    user = result(("translation", "translation"), ("dev-translation", "translation"), ("dev-x", "mlir"),
+                  ("Belebele_test", "mlir"), ("XQuAD_test", "mlir"))
+    assert claims_benchmark(user) == "Belebele_test"
+    assert claims_benchmark(result(("translation", "translation"))) == "mlir"  # none: the claims say absent
+    rows = [*user.rows, {**user.rows[3], "model": "xlco", "value": 0.4}]
+    compare = [{"model": "xlco", "reference": "mimo", "benchmark": "Belebele_test", "metric": "ndcg@10",
+                "query_lang": "all", "seed": 13, "delta": -0.1, "ci_low": -0.2, "ci_high": -0.05,
+                "p_value": 0.01, "p_holm": 0.02}]
+    claim = claim_a(rows, compare, "Belebele_test")
+    assert [c.measure for c in claim.comparisons] == ["MLIR nDCG@10 (Belebele_test)"]
+    assert claim.comparisons[0].holds is True
+
+
 def test_trained_models_reads_every_shape_a_training_asset_hands_on(checkpoints):
     from mimo_pipeline.models import evaluation_models, trained_models
 
