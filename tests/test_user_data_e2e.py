@@ -393,3 +393,5 @@ def test_full_mimo_on_user_data_only(tmp_path, monkeypatch, bible_tripwire):
     assert {RELEASE_NAME, BEIR_NAME} <= set(compare.benchmark)
     au = db.query("SELECT DISTINCT lang FROM au_metrics WHERE dagster_run_id = ?", [result.run_id])
     assert set(LANGS) <= set(au.lang)
+    # no Bible mlir benchmark: the claims (a) and (d) read the first user MLIR benchmark
+    assert f"MLIR nDCG@10 ({RELEASE_NAME})" in meta["au_analysis"]["claims"].value
