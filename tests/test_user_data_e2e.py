@@ -18,8 +18,9 @@ recorded and fails. The run is in process (`execute_in_process` on `defs`, MIMO_
 MIMO_PROFILE in the environment), which is what lets the test hold the tripwire.
 
 The cheap tests (seconds) check every YAML block of the README's "Bring your own" section against
-the job's config schema, the made-up inputs through the library's readers, and the data half of
-the run (parallel_corpus, retrieval_pairs, mlir_benchmarks on the README's config, smoke profile).
+the job's config schema, the made-up inputs through the library's readers, the data half of the
+run (parallel_corpus, retrieval_pairs, mlir_benchmarks on the README's config, smoke profile) and
+its evaluation half (`run_mlir_eval`, `run_au_analysis` on the user benchmarks, tiny checkpoints).
 """
 
 from __future__ import annotations
@@ -312,6 +313,75 @@ def test_the_data_assets_on_the_readme_run_config_under_the_smoke_profile(tmp_pa
                       resources={"settings": MimoSettings(), "artifacts": mem_io_manager})
     assert res.get_asset_materialization_events()[0].event_specific_data.materialization.metadata[
         "languages"].value == "fr"
+    assert not bible_tripwire, bible_tripwire[0]
+
+
+class FakeUse:
+    """Stands in for the off-the-shelf use_m: a random vector per text."""
+
+    name, fingerprint, dim, loads = "use_m", "fake-use", 16, 0
+
+    def prefix(self, prompt):
+        return ""
+
+    def encode(self, texts, prompt):
+        import hashlib
+
+        import numpy as np
+
+        return np.stack([np.random.default_rng(int(hashlib.md5(t.encode()).hexdigest()[:8], 16))
+                         .standard_normal(self.dim).astype(np.float32) for t in texts])
+
+
+def test_the_evaluation_half_on_user_benchmarks_with_tiny_models(tmp_path, monkeypatch, bible_tripwire):
+    """The evaluation half of the end-to-end run, in seconds: the benchmarks of the user data
+    (translation from the corpus, the two user folders) through `run_mlir_eval` and
+    `run_au_analysis` with tiny random checkpoints: eval_metrics holds the user benchmarks per
+    query language, A-U reads the translation pool, the claims read the first user MLIR benchmark."""
+    from types import SimpleNamespace
+
+    from mimo_pipeline.benchmarks import BenchmarkConfig, build_benchmark_set
+    from mimo_pipeline.corpus import CorpusConfig, build_parallel_corpus_cached
+    from mimo_pipeline.eval_steps import run_au_analysis, run_mlir_eval
+    from mimo_pipeline.evaluation import EvalConfig
+    from mimo_pipeline.storage import ResultsDB
+    from tests.conftest import build_tiny_bert
+    from tests.test_eval_steps import FakeTracker, TrainedSet
+
+    data = write_user_data(tmp_path / "in")
+    corpus = build_parallel_corpus_cached(CorpusConfig(source_path=str(data["corpus"])), tmp_path / "corpus")
+    smoke = BenchmarkConfig(query_verses=20, pool_verses=100, translation_queries=10, fit_pool=True)
+    bench_set = build_benchmark_set(corpus.path, corpus.languages, tmp_path / "benchmarks", smoke,
+                                    user_folders=[str(data["release"]), str(data["beir"])], user_corpus=True)
+    texts = [d["text"] for name in bench_set.names for b in [bench_set.load(name)]
+             for d in [*b.corpus.values(), *b.queries.values()]]
+    ckpt = {name: SimpleNamespace(path=str(build_tiny_bert(tmp_path / "ckpt" / name, texts, seed=i)),
+                                  fingerprint=f"tiny-{name}")
+            for i, name in enumerate(("base", "stage1", "mimo", "lam0", "lam1", "xlco"))}
+
+    def trained(name):
+        return {13: SimpleNamespace(checkpoint=ckpt[name], seed=13)}
+
+    stage1 = TrainedSet({"stage1": trained("stage1")})
+    stage2 = TrainedSet({"mimo": trained("mimo"), "mimo_lambda_0": trained("lam0"), "mimo_lambda_1": trained("lam1")})
+    baselines = TrainedSet({"xlco": trained("xlco")})
+    monkeypatch.setattr("mimo_pipeline.models.UseEmbedder", FakeUse)
+    home = tmp_path / "home"
+    db, tracker = ResultsDB(home / "mimo.duckdb"), FakeTracker()
+    ev = run_mlir_eval(ckpt["base"], stage1, stage2, baselines, None, bench_set, cache_root=home / "embed_cache",
+                       config=EvalConfig(batch_size=16, n_resamples=1000), precision="fp32", db=db, tracker=tracker,
+                       dagster_run_id="r")
+    au = run_au_analysis(ckpt["base"], stage1, stage2, baselines, bench_set, ev.result,
+                         cache_root=home / "embed_cache", plots_dir=home / "plots", precision="fp32", db=db,
+                         tracker=tracker, dagster_run_id="r", teacher_name="none")
+    assert set(ev.result.benchmarks) == {"translation", "dev-translation", RELEASE_NAME, BEIR_NAME}
+    rows = db.query("SELECT * FROM eval_metrics WHERE metric = 'ndcg@10'")
+    for name in (RELEASE_NAME, BEIR_NAME):
+        mine = rows[rows.benchmark == name]
+        assert set(mine.task) == {"mlir"} and set(mine.query_lang) == {"en", *LANGS, "all"}, name
+        assert {"mimo", "xlco", "base_student", "use_m"} <= set(mine.model), name
+    assert set(LANGS) <= set(db.query("SELECT DISTINCT lang FROM au_metrics").lang)
+    assert f"MLIR nDCG@10 ({RELEASE_NAME})" in au.claims_md
     assert not bible_tripwire, bible_tripwire[0]
 
 
