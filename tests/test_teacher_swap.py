@@ -80,7 +80,7 @@ def test_new_cache_beside_the_old_and_new_projection_dimension(swapped):
     from safetensors.torch import load_file
 
     projections = sorted((home / "models" / "mimo").glob("*.projection.safetensors"))
-    shapes = {tuple(load_file(str(p))["linear.weight"].shape) for p in projections}
+    shapes = {tuple(load_file(str(p))["weight"].shape) for p in projections}  # EmbedDistillLoss' format
     assert shapes == {(384, 384), (768, 384)}
 
 
@@ -88,6 +88,7 @@ def test_duckdb_holds_both_teachers_side_by_side(swapped):
     from mimo_pipeline.storage import ResultsDB
     from tests.test_readme_queries import readme_queries
 
-    df = ResultsDB(swapped["smoke"]["home"] / "mimo.duckdb").query(readme_queries()[2])
+    query = next(q for q in readme_queries() if "both teachers side by side" in q)
+    df = ResultsDB(swapped["smoke"]["home"] / "mimo.duckdb").query(query)
     assert {"all-MiniLM-L6-v2", "all-mpnet-base-v2"} <= set(df.teacher)
     assert {"mimo", "stage1"} <= set(df[df.teacher == "all-mpnet-base-v2"].model)
