@@ -405,18 +405,23 @@ def plot_alignment_uniformity(
         ys = [points[m][view] for m in names]
         for m, x, y in zip(names, xs, ys):
             ax.scatter([x], [y], s=36, color=color[m])
-        what, direction = UNIFORMITY_VIEWS[view]
-        ax.set_xlabel(ALIGNMENT_LABEL, fontsize=8)
-        ax.set_ylabel(f"{what}\nlog E exp(−2‖f(x) − f(y)‖²)", fontsize=8)
-        ax.set_title(direction, fontsize=8)
-        ax.grid(True, alpha=0.3)
-        ax.margins(0.25)
+        _label_au_axes(ax, view)
         panels.append((ax, xs, ys, names))
     fig.suptitle(title + ": lower alignment is better; see each panel for uniformity", fontsize=10)
     fig.tight_layout()
     for ax, xs, ys, names in panels:
         annotate_without_overlap(ax, xs, ys, names, fontsize=8)
     return _save_png(fig, path, layout=False)
+
+
+def _label_au_axes(ax, view: str) -> None:
+    """Axis labels, direction title, grid and margins of one alignment–uniformity panel."""
+    what, direction = UNIFORMITY_VIEWS[view]
+    ax.set_xlabel(ALIGNMENT_LABEL, fontsize=8)
+    ax.set_ylabel(f"{what}\nlog E exp(−2‖f(x) − f(y)‖²)", fontsize=8)
+    ax.set_title(direction, fontsize=8)
+    ax.grid(True, alpha=0.3)
+    ax.margins(0.25)
 
 
 def plot_lambda_ablation(
@@ -442,12 +447,7 @@ def plot_lambda_ablation(
         ys = [points[lam][view] for lam in kept]
         ax.plot(xs, ys, "-", color="0.6", lw=1, zorder=1)
         ax.scatter(xs, ys, c=kept, cmap="viridis", vmin=0.0, vmax=1.0, s=48, zorder=2)
-        what, direction = UNIFORMITY_VIEWS[view]
-        ax.set_xlabel(ALIGNMENT_LABEL, fontsize=8)
-        ax.set_ylabel(f"{what}\nlog E exp(−2‖f(x) − f(y)‖²)", fontsize=8)
-        ax.set_title(direction, fontsize=8)
-        ax.grid(True, alpha=0.3)
-        ax.margins(0.25)
+        _label_au_axes(ax, view)
         labels = [f"λ={lam:g}" + (f" ({names[lam]})" if lam in names else "") for lam in kept]
         panels.append((ax, xs, ys, labels))
     fig.suptitle("λ ablation: Stage 2 from one Stage-1 checkpoint, L = λ·L_XLCO + (1 − λ)·L_distill\n"
