@@ -107,20 +107,26 @@ def parquet_tables(draw):
     return pa.table(cols) if cols else pa.table({"unrelated": pa.array([], pa.int64())})
 
 
+def _mangle(path: Path, how: str, pos: int) -> None:
+    """Damage a written file: ``truncate`` it at ``pos``, ``flip`` the byte at ``pos``, or ``none``."""
+    if how == "none":
+        return
+    data = bytearray(path.read_bytes())
+    i = pos % len(data)
+    if how == "truncate":
+        data = data[:i]
+    else:
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 @FUZZ
 @given(table=parquet_tables(), mangle=st.sampled_from(["none", "truncate", "flip"]), pos=st.integers(0, 10**6))
 def test_user_corpus_parquet(table, mangle, pos):
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "corpus.parquet"
         pq.write_table(table, p)
-        if mangle != "none":
-            data = bytearray(p.read_bytes())
-            i = pos % len(data)
-            if mangle == "truncate":
-                data = data[:i]
-            else:
-                data[i] ^= 0xFF
-            p.write_bytes(bytes(data))
+        _mangle(p, mangle, pos)
         returns_or_mimo_error(load_user_corpus, p)
 
 
@@ -180,14 +186,7 @@ def test_user_pairs_parquet(table, mangle, pos):
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "pairs.parquet"
         pq.write_table(table, p)
-        if mangle != "none":
-            data = bytearray(p.read_bytes())
-            i = pos % len(data)
-            if mangle == "truncate":
-                data = data[:i]
-            else:
-                data[i] ^= 0xFF
-            p.write_bytes(bytes(data))
+        _mangle(p, mangle, pos)
         _check_pairs(returns_or_mimo_error(build_user_pairs, PairsConfig(source_path=str(p)), Path(d) / "out"))
 
 
