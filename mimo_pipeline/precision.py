@@ -3,8 +3,13 @@
 Every pass that needs no gradient (teacher vectors, evaluation, the least-squares fit
 of ``W``, the held-out P@1 probe, the no-gradient pass of gradient caching) can run in
 bfloat16 where the hardware has bf16 matrix units: Intel AMX-BF16, AVX512-BF16 (Intel
-and AMD), or a CUDA GPU with bf16 support. ``auto`` picks bf16 there and fp32
-elsewhere. Outputs are always float32 arrays/tensors; only the arithmetic changes.
+and AMD), or a CUDA GPU with bf16 support. ``auto`` picks bf16 on such a GPU; on a CPU with
+those flags it also measures, once per process, a 1024² matmul in both dtypes and takes bf16
+only when it is at least `BF16_MIN_SPEEDUP` times faster. The flags alone do not tell:
+measured 2026-12-02 on two hosts of this machine kind, 2 threads, 2048² matmul: an AMD EPYC
+with AVX512-BF16 ran bf16 at about 3× fp32 (student encoding 2.79×), an Intel Xeon with the
+same flag at 0.59× (encoding 0.67×, `python -m bench.run --only encode_bf16`). Outputs are
+always float32 arrays/tensors; only the arithmetic changes.
 
 Two ways to run a forward pass in bf16, measured on the student (multilingual-e5-small,
 64 German verses, max 64 tokens, 2 threads, AMD EPYC with AVX512-BF16, shared cores; median
@@ -26,6 +31,9 @@ existed stay valid).
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -41,6 +49,10 @@ RESOLVED = ("fp32", "bf16")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 CPUINFO = Path("/proc/cpuinfo")
+#: ``auto`` takes bf16 on a CPU only where a bf16 matmul is at least this many times faster than fp32.
+BF16_MIN_SPEEDUP = 1.3
+
+log = logging.getLogger(__name__)
 
 
 def cpu_flags(cpuinfo: str | Path = CPUINFO) -> frozenset[str]:
@@ -77,6 +89,36 @@ def cpu_has_bf16() -> bool:
     return _torch_cpu_bf16()
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_speedup(n: int = 1024, reps: int = 5) -> float:
+    """fp32 time over bf16 time of an ``n``² ``torch.mm`` on this CPU with torch's current threads
+    (the two dtypes take turns; best of ``reps`` each, after a warm-up). Measured once per process
+    (about 0.1–0.3 s)."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    pairs = {dt: (a.to(dt), b.to(dt)) for dt in (torch.float32, torch.bfloat16)}
+    best = {dt: float("inf") for dt in pairs}
+    for dt, (x, y) in pairs.items():
+        torch.mm(x, y)
+    for _ in range(reps):
+        for dt, (x, y) in pairs.items():
+            t0 = time.perf_counter()
+            torch.mm(x, y)
+            best[dt] = min(best[dt], time.perf_counter() - t0)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_auto() -> str:
+    if not cpu_has_bf16():
+        return "fp32"
+    speedup = cpu_bf16_speedup()
+    choice = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
+    log.info("precision auto: a bf16 matmul runs %.2f× fp32 on this CPU (bf16 flags present; bf16 needs ≥ %.1f×): "
+             "%s", speedup, BF16_MIN_SPEEDUP, choice)
+    return choice
+
+
 def _cuda_has_bf16(device: torch.device) -> bool:
     try:
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
@@ -95,16 +137,17 @@ def check_precision(precision: str, *, source: str = "precision") -> str:
 def resolve_precision(precision: str, device: str | torch.device | None = None) -> str:
     """``"fp32"`` or ``"bf16"``: what ``precision`` means on ``device`` (None = CPU).
 
-    ``auto`` is bf16 on a CPU with AMX-BF16 or AVX512-BF16 and on a CUDA GPU with bf16
-    support, fp32 anywhere else. ``fp32`` and ``bf16`` are taken as given (bf16 runs
-    everywhere, emulated and slow without those units).
+    ``auto`` is bf16 on a CUDA GPU with bf16 support and on a CPU with AMX-BF16 or
+    AVX512-BF16 where a bf16 matmul measures at least `BF16_MIN_SPEEDUP` times faster than
+    fp32 (`cpu_bf16_speedup`), fp32 anywhere else. ``fp32`` and ``bf16`` are taken as given
+    (bf16 runs everywhere, emulated and slow without those units).
     """
     check_precision(precision)
     if precision != "auto":
         return precision
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type == "cpu":
-        return "bf16" if cpu_has_bf16() else "fp32"
+        return _cpu_auto()
     if dev.type == "cuda":
         return "bf16" if _cuda_has_bf16(dev) else "fp32"
     return "fp32"

@@ -30,10 +30,16 @@ def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture
 def flags(monkeypatch):
-    """Set the CPU flags `precision` sees (as if read from /proc/cpuinfo)."""
+    """Set the CPU flags `precision` sees (as if read from /proc/cpuinfo); the bf16 matmul
+    measures 3× fp32 unless a test says otherwise (`speedup`)."""
+    P._cpu_auto.cache_clear()
+    monkeypatch.setattr(P, "cpu_bf16_speedup", lambda: 3.0)
+
     def set_flags(*names):
+        P._cpu_auto.cache_clear()
         monkeypatch.setattr(P, "cpu_flags", lambda cpuinfo=P.CPUINFO: frozenset(names))
-    return set_flags
+    yield set_flags
+    P._cpu_auto.cache_clear()
 
 
 @pytest.mark.parametrize("cpu, expected", [
@@ -49,6 +55,22 @@ def test_auto_on_cpu_follows_the_bf16_flags(flags, cpu, expected):
     assert P.resolve_precision("auto", torch.device("cpu")) == expected
 
 
+@pytest.mark.parametrize("speedup, expected", [(3.0, "bf16"), (1.3, "bf16"), (1.2, "fp32"), (0.59, "fp32")])
+def test_auto_on_a_cpu_with_the_flags_takes_bf16_only_where_it_measures_faster(flags, monkeypatch, speedup, expected):
+    """The flags are not enough: an Intel Xeon of this machine kind has avx512_bf16 and runs a bf16
+    matmul at 0.59× fp32."""
+    monkeypatch.setattr(P, "cpu_bf16_speedup", lambda: speedup)
+    flags("fpu", "avx512f", "avx512_bf16")
+    assert P.resolve_precision("auto", "cpu") == expected
+
+
+def test_the_bf16_probe_measures_a_ratio_once_per_process():
+    P.cpu_bf16_speedup.cache_clear()
+    first = P.cpu_bf16_speedup()
+    assert 0.01 < first < 100 and P.cpu_bf16_speedup() == first  # a finite ratio, measured once
+    assert P.cpu_bf16_speedup.cache_info().misses == 1
+
+
 def test_explicit_values_are_taken_as_given(flags):
     flags("fpu")
     assert P.resolve_precision("bf16", "cpu") == "bf16"
@@ -61,6 +83,7 @@ def test_auto_without_cpuinfo_asks_torch(monkeypatch, flags):
     monkeypatch.setattr(P, "_torch_cpu_bf16", lambda: True)
     assert P.resolve_precision("auto", "cpu") == "bf16"
     monkeypatch.setattr(P, "_torch_cpu_bf16", lambda: False)
+    P._cpu_auto.cache_clear()  # what auto resolves to is kept per process
     assert P.resolve_precision("auto", "cpu") == "fp32"
 
 
