@@ -16,7 +16,8 @@ catalog name                 where the files come from
 
 The well-known HF ids of these models (``sentence-transformers/all-MiniLM-L6-v2``,
 ``intfloat/multilingual-e5-small``, ...) are tried on the hub first and fall back to
-the packaged files when the hub cannot be reached. Any other HF id is downloaded the
+the packaged files when the hub cannot be reached, with a WARNING; the model then carries
+its catalog name, not the hub id, so no result names files it was not made with. Any other HF id is downloaded the
 ordinary way (``huggingface_hub.snapshot_download``), so a user with a network runs the
 same code at paper scale.
 
@@ -221,9 +222,14 @@ def resolve_model(ref: str, home: str | Path, *, use_hub: bool | None = None) ->
             hub_error = e
             log.info("hub lookup of %r failed (%s)", ref, type(e).__name__)
     if entry is not None:
-        log.info("%r: using the packaged copy (catalog name %r)", ref, entry.name)
+        if ref.lower() != entry.name.lower():  # a hub id of a catalog model: say loudly what is used instead
+            log.warning("%r could not be downloaded (%s); using the packaged copy %r instead (%s), which is not "
+                        "the hub's files: results name it %r. For the hub model itself, run with a network or "
+                        "pass a local folder of it.", ref,
+                        type(hub_error).__name__ if hub_error else "HF_HUB_OFFLINE is set", entry.name,
+                        entry.description, entry.name)
         path = entry.materialise(home)
-        return ResolvedModel(ref, path, "catalog", fingerprint(path))
+        return ResolvedModel(entry.name, path, "catalog", fingerprint(path))
     why = f" (hub: {type(hub_error).__name__})" if hub_error else ""
     raise ModelNotFoundError(
         f"model {ref!r} is neither a local folder, a catalog name nor a reachable HF id{why}. "

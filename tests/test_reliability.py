@@ -434,3 +434,21 @@ def test_a_damaged_checkpoint_is_moved_aside_and_retrained(tmp_path, model_dir):
     from safetensors.torch import load_file
 
     assert load_file(str(weights))  # the retrained folder reads
+
+
+def test_an_unreachable_hub_id_of_a_catalog_model_warns_and_carries_the_catalog_name(tmp_path, monkeypatch, caplog):
+    """Issue 15: a hub id that cannot be downloaded must not silently become the packaged copy
+    under the hub's name."""
+    import logging
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub lookup fails at once, as with no network
+    with caplog.at_level(logging.WARNING, logger="mimo_pipeline.catalog"):
+        model = resolve_model("sentence-transformers/all-MiniLM-L6-v2", tmp_path, use_hub=True)
+    assert (model.ref, model.source) == ("all-MiniLM-L6-v2", "catalog")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("sentence-transformers/all-MiniLM-L6-v2" in m and "packaged copy 'all-MiniLM-L6-v2'" in m
+               for m in warned), warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mimo_pipeline.catalog"):
+        assert resolve_model("all-MiniLM-L6-v2", tmp_path, use_hub=True).ref == "all-MiniLM-L6-v2"
+    assert not caplog.records, "the catalog name itself is what the user asked for: no warning"
