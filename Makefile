@@ -39,8 +39,9 @@ setup: $(VENV)/.project $(VENV)/.activate
 	@mkdir -p $(DAGSTER_HOME) $(CURDIR)/.dagster_home
 	@touch $(DAGSTER_HOME)/dagster.yaml $(CURDIR)/.dagster_home/dagster.yaml
 
+# `make run RUN_CONFIG=configs/three_seeds.yaml`: the same job with a run config (README, Results).
 run: setup
-	$(BIN)/python -m mimo_pipeline.definitions full_mimo
+	$(BIN)/python -m mimo_pipeline.definitions full_mimo $(if $(RUN_CONFIG),-c $(RUN_CONFIG))
 
 # Debian's chromium for tests/test_ui.py: installed when missing, else one line says why not.
 test: setup

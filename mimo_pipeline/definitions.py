@@ -6,8 +6,8 @@ activation set ``DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME`` to this module; without i
 ``-m mimo_pipeline.definitions``) or ``dg launch --job full_mimo``; serve the UI with
 ``dagster dev -w workspace.yaml``, where the sensor ``follow_the_teacher`` re-runs what
 depends on the teacher when a new one is observed.
-``python -m mimo_pipeline.definitions`` (what ``make run`` calls) runs ``full_mimo``
-against the instance in ``DAGSTER_HOME`` and prints a summary of what it produced.
+``python -m mimo_pipeline.definitions [-c run_config.yaml]`` (what ``make run`` calls) runs
+``full_mimo`` against the instance in ``DAGSTER_HOME`` and prints a summary of what it produced.
 """
 
 import argparse
@@ -139,13 +139,21 @@ def main(argv=None) -> int:
     """Run a job in process and print the summary (corpus, teacher cache, results)."""
     parser = argparse.ArgumentParser(description="Run a mimo_pipeline job and print what it produced.")
     parser.add_argument("job", nargs="?", default="full_mimo")
+    parser.add_argument("-c", "--config", help="a run config YAML file, as `dagster job execute -c` takes "
+                                               "(e.g. configs/three_seeds.yaml)")
     args = parser.parse_args(argv)
+    run_config = {}
+    if args.config:
+        import yaml
+
+        run_config = yaml.safe_load(open(args.config)) or {}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from mimo_pipeline.report import print_summary
 
     t0 = time.perf_counter()
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
-    result = defs.resolve_job_def(args.job).execute_in_process(instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def(args.job).execute_in_process(instance=instance, run_config=run_config,
+                                                             raise_on_error=False)
     wall = time.perf_counter() - t0
     if not result.success:
         for event in result.all_events:
