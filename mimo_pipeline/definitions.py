@@ -135,6 +135,29 @@ defs = Definitions(
 )
 
 
+def _instance() -> DagsterInstance:
+    """The instance in ``DAGSTER_HOME`` (ephemeral without it), its SQLite storage created under a
+    file lock: two runs started together on a new DAGSTER_HOME would both create its tables
+    ("table snapshots already exists")."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        return DagsterInstance.ephemeral()
+    import fcntl
+    from pathlib import Path
+
+    Path(home).mkdir(parents=True, exist_ok=True)
+    with open(Path(home) / ".mimo-instance.lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            instance = DagsterInstance.get()
+            instance.get_runs(limit=1)  # run storage
+            instance.get_latest_materialization_event(AssetKey("parallel_corpus"))  # event log storage
+            instance.all_instigator_state()  # schedule storage
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    return instance
+
+
 def main(argv=None) -> int:
     """Run a job in process and print the summary (corpus, teacher cache, results)."""
     parser = argparse.ArgumentParser(description="Run a mimo_pipeline job and print what it produced.")
@@ -151,7 +174,7 @@ def main(argv=None) -> int:
     from mimo_pipeline.report import print_summary
 
     t0 = time.perf_counter()
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    instance = _instance()
     result = defs.resolve_job_def(args.job).execute_in_process(instance=instance, run_config=run_config,
                                                              raise_on_error=False)
     wall = time.perf_counter() - t0

@@ -27,6 +27,8 @@ EXPERIMENT = "mimo"
 
 #: Databases this process has already put into WAL mode.
 _WAL: set[str] = set()
+#: Stores whose tables this process has seen created.
+_READY: set[str] = set()
 
 
 def ensure_wal(db_path: str | Path, timeout_s: float = 10.0) -> bool:
@@ -75,8 +77,21 @@ class Tracker:
     def _client(self):
         from mlflow.tracking import MlflowClient
 
-        Path(self.home).mkdir(parents=True, exist_ok=True)
-        ensure_wal(Path(self.home) / "mlflow.db")
+        home = Path(self.home)
+        home.mkdir(parents=True, exist_ok=True)
+        if self.tracking_uri not in _READY:
+            # MLflow creates a new mlflow.db's tables by migration; two runs starting together on one
+            # MIMO_HOME would both migrate it ("table ... already exists"). One creates, the other waits.
+            import fcntl
+
+            with open(home / ".mlflow.init.lock", "a+") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    ensure_wal(home / "mlflow.db")
+                    MlflowClient(tracking_uri=self.tracking_uri).search_experiments(max_results=1)
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+            _READY.add(self.tracking_uri)
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     def experiment_id(self) -> str:

@@ -165,3 +165,36 @@ def test_two_processes_training_one_fingerprint_train_it_once(tmp_path):
     models = tmp_path / "models" / "mimo"
     assert checkpoint_ready(tmp_path / "models", "mimo", outs[0]["fingerprint"])  # every file matches its hash
     assert not [p.name for p in models.iterdir() if p.name.startswith(".work-") or ".corrupt-" in p.name]
+
+
+# --------------------------------------------------------------------------- new stores, created by two runs at once
+
+NEW_STORES = r"""
+import os, sys, time
+ready, go, home, dagster_home = sys.argv[1:5]
+os.environ["DAGSTER_HOME"] = dagster_home
+from mimo_pipeline.definitions import _instance
+from mimo_pipeline.tracking import Tracker
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.01)
+instance = _instance()
+print("runs", len(instance.get_runs(limit=5)))
+print("experiment", Tracker(home).experiment_id())
+"""
+
+
+@pytest.mark.parametrize("attempt", [1, 2])
+def test_two_runs_create_a_new_dagster_instance_and_mlflow_store_together(tmp_path, attempt):
+    """Found by the slow test of two `full_mimo` runs at once: on a new DAGSTER_HOME and MIMO_HOME
+    both processes created the SQLite tables ("table snapshots already exists", and MLflow's
+    "table _alembic_tmp_model_versions already exists")."""
+    home, dagster_home = tmp_path / "home", tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text("")
+    results = run_together(tmp_path, NEW_STORES, [[str(home), str(dagster_home)]] * 2, timeout=240)
+    for code, text in results:
+        assert code == 0, text[-4000:]
+    experiments = {line.split()[-1] for _, text in results for line in text.splitlines()
+                   if line.startswith("experiment ")}
+    assert len(experiments) == 1, f"the two processes made different experiments: {experiments}"
