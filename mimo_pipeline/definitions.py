@@ -142,19 +142,15 @@ def _instance() -> DagsterInstance:
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         return DagsterInstance.ephemeral()
-    import fcntl
     from pathlib import Path
 
-    Path(home).mkdir(parents=True, exist_ok=True)
-    with open(Path(home) / ".mimo-instance.lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            instance = DagsterInstance.get()
-            instance.get_runs(limit=1)  # run storage
-            instance.get_latest_materialization_event(AssetKey("parallel_corpus"))  # event log storage
-            instance.all_instigator_state()  # schedule storage
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    from mimo_pipeline.fileio import file_lock
+
+    with file_lock(Path(home) / ".mimo-instance.lock"):
+        instance = DagsterInstance.get()
+        instance.get_runs(limit=1)  # run storage
+        instance.get_latest_materialization_event(AssetKey("parallel_corpus"))  # event log storage
+        instance.all_instigator_state()  # schedule storage
     return instance
 
 

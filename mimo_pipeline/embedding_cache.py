@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import MimoInputError
-from .fileio import CorruptFileError, dir_size, quarantine, read_parquet, write_json, write_parquet
+from .fileio import CorruptFileError, dir_size, file_lock, quarantine, read_parquet, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -175,32 +175,23 @@ class _FillLock:
     wrote counts as hits."""
 
     def __init__(self, cache: "EmbeddingCache"):
-        self.cache, self._file = cache, None
+        self.cache, self._held = cache, None
 
     def acquire(self) -> None:
-        import fcntl
-
-        if self._file is not None:
+        if self._held is not None:
             return
-        self.cache.dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.cache.dir / FILL_LOCK, "a+")
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("cache %s: another process is filling it; waiting for it, then encoding only what it "
-                     "left missing", self.cache.dir)
-            t0 = time.perf_counter()
-            fcntl.flock(self._file, fcntl.LOCK_EX)
-            log.info("cache %s: the other process is done after %.1fs", self.cache.dir, time.perf_counter() - t0)
+        self._held = contextlib.ExitStack()
+        waited = self._held.enter_context(file_lock(
+            self.cache.dir / FILL_LOCK, waiting=f"cache {self.cache.dir}: another process is filling it; waiting "
+                                                "for it, then encoding only what it left missing"))
+        if waited is not None:
+            log.info("cache %s: the other process is done after %.1fs", self.cache.dir, waited)
         self.cache.refresh()  # whether or not we waited: a fill that ended just now is on disk
 
     def release(self) -> None:
-        import fcntl
-
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
 
 @contextlib.contextmanager

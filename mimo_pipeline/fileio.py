@@ -9,6 +9,10 @@ Parquet files carry a CRC-32 checksum per page, written with them (`write_parque
 checked on every read through `read_parquet`; a file that cannot be read raises
 `CorruptFileError`, and `quarantine` moves such a file aside (``<name>.corrupt-<UTC time>``)
 so that what owns it rebuilds only what was lost.
+
+`file_lock` is the one advisory lock (``flock``) that processes sharing a MIMO_HOME or a
+DAGSTER_HOME queue on: training a fingerprint, filling an embedding cache, appending results,
+creating MLflow's or Dagster's SQLite tables.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -79,6 +84,34 @@ def disk_full_error(folder: str | os.PathLike, exc: BaseException, *, wanted: in
     parts.append(f"{free} free on that file system")
     code = exc.errno if isinstance(exc, OSError) and exc.errno in _DISK_FULL else errno.ENOSPC
     return DiskFullError(code, "; ".join(parts) + f"; free space (or set MIMO_HOME elsewhere) and re-run ({exc})")
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, waiting: str | None = None) -> Iterator[float | None]:
+    """Hold an exclusive ``flock`` on `path` (created, with its folder) for the ``with`` block.
+
+    Another process holding it makes this one wait; `waiting`, if given, is logged at INFO
+    before the wait. Yields the seconds waited, or None when the lock was free. The kernel
+    drops the lock when its holder dies, so a crashed process never leaves it taken.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        waited = None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                log.info("%s", waiting)
+            t0 = time.perf_counter()
+            fcntl.flock(f, fcntl.LOCK_EX)
+            waited = time.perf_counter() - t0
+        try:
+            yield waited
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _size(path: Path) -> int:

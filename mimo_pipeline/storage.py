@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import logging
 import re
@@ -34,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from .fileio import atomic_path, write_json, write_parquet
+from .fileio import atomic_path, file_lock, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -159,26 +158,21 @@ class ResultsDB:
         foreign holder (a user's DuckDB session) is waited for up to `wait_s`."""
         import duckdb
 
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        with open(lock_path, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                deadline, delay = time.monotonic() + wait_s, 0.05
-                while True:
-                    try:
-                        con = duckdb.connect(str(self.path))
-                        break
-                    except (duckdb.IOException, duckdb.ConnectionException) as e:
-                        if time.monotonic() >= deadline:
-                            raise DatabaseBusyError(_holder(self.path, e)) from e
-                        time.sleep(delay)
-                        delay = min(2 * delay, 0.5)
+        with file_lock(self.path.with_name(self.path.name + ".lock")):
+            deadline, delay = time.monotonic() + wait_s, 0.05
+            while True:
                 try:
-                    yield con
-                finally:
-                    con.close()
+                    con = duckdb.connect(str(self.path))
+                    break
+                except (duckdb.IOException, duckdb.ConnectionException) as e:
+                    if time.monotonic() >= deadline:
+                        raise DatabaseBusyError(_holder(self.path, e)) from e
+                    time.sleep(delay)
+                    delay = min(2 * delay, 0.5)
+            try:
+                yield con
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                con.close()
 
     # ------------------------------------------------------------------ reading
 

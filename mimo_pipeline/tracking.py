@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from .fileio import file_lock
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "mimo"
@@ -82,15 +84,9 @@ class Tracker:
         if self.tracking_uri not in _READY:
             # MLflow creates a new mlflow.db's tables by migration; two runs starting together on one
             # MIMO_HOME would both migrate it ("table ... already exists"). One creates, the other waits.
-            import fcntl
-
-            with open(home / ".mlflow.init.lock", "a+") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
-                try:
-                    ensure_wal(home / "mlflow.db")
-                    MlflowClient(tracking_uri=self.tracking_uri).search_experiments(max_results=1)
-                finally:
-                    fcntl.flock(f, fcntl.LOCK_UN)
+            with file_lock(home / ".mlflow.init.lock"):
+                ensure_wal(home / "mlflow.db")
+                MlflowClient(tracking_uri=self.tracking_uri).search_experiments(max_results=1)
             _READY.add(self.tracking_uri)
         return MlflowClient(tracking_uri=self.tracking_uri)
 

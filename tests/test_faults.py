@@ -277,3 +277,28 @@ def test_an_existing_rollback_journal_mlflow_db_is_switched_to_wal(tmp_path):
     assert tracking.ensure_wal(db)
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_file_lock_makes_a_second_holder_wait_says_so_and_is_freed_when_its_holder_dies(tmp_path, caplog):
+    """The one flock that training, cache fills, results appends and store creation queue on."""
+    import subprocess
+    import sys
+
+    lock = tmp_path / "sub" / "x.lock"
+    with fileio.file_lock(lock) as waited:
+        assert waited is None and lock.exists()  # free: no wait, folder and file created
+    # Another process takes it and is killed while holding it, after a moment.
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; from mimo_pipeline.fileio import file_lock\n"
+                               f"with file_lock({str(lock)!r}):\n"
+                               "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        threading.Timer(0.5, holder.kill).start()
+        with caplog.at_level(logging.INFO, logger="mimo_pipeline.fileio"):
+            with fileio.file_lock(lock, waiting="x.lock: someone holds it; waiting") as waited:
+                assert waited is not None and waited >= 0.3
+        assert "x.lock: someone holds it; waiting" in caplog.text
+    finally:
+        holder.kill()
+        holder.wait()
