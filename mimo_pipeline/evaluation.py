@@ -52,6 +52,7 @@ import numpy as np
 from .benchmarks import Benchmark, is_dev_benchmark
 from .embedding_cache import EmbeddingCache, fill_cache, text_key
 from .errors import MimoInputError
+from .losses import LAMBDA
 from .metrics import evaluated_queries, ir_metrics, mean_metrics, mrc_at_k, own_language_share, peer_per_query
 from .retrieval import l2_normalize, run_from_search, search
 from .stats import CONFIDENCE, N_RESAMPLES, TopicScores, bootstrap_ci, holm, paired_test, topic_scores
@@ -586,8 +587,8 @@ def comparison_table(result: EvalResult,
     return ["model", *[f"{t} {m}" for t, m in cols]], table
 
 
-#: λ of the models of the ablation (DESIGN §2): mimo is Stage 2 at λ = 0.2.
-MIMO_LAMBDA = 0.2
+#: λ of the models of the ablation (DESIGN §2): mimo is Stage 2 at the paper's λ.
+MIMO_LAMBDA = LAMBDA
 LAMBDA_PREFIX = "mimo_lambda_"
 
 

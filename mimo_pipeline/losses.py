@@ -41,6 +41,11 @@ from torch import Tensor, nn
 
 from .errors import MimoInputError
 
+#: The paper's weights (DESIGN §1), the one place they are written: λ of Stage 2's cross-lingual InfoNCE
+#: (1 - λ weighs the distillation) and α of LaKDA's KL term. stages, evaluation and the Dagster configs read them.
+LAMBDA = 0.2
+ALPHA = 0.5
+
 DISTILL_KINDS = ("cosine", "mse", "l2")
 
 
@@ -189,7 +194,7 @@ def mimo_loss(
     p_proj: Tensor,
     t_q: Tensor,
     t_p: Tensor,
-    lam: float = 0.2,
+    lam: float = LAMBDA,
     kind: str = "cosine",
     scale: float = 20.0,
     offset: int = 0,
@@ -219,7 +224,7 @@ def lakda_loss(
     q_a: Tensor,
     q_b: Tensor,
     p: Tensor,
-    alpha: float = 0.5,
+    alpha: float = ALPHA,
     scale: float = 20.0,
     kl_scale: float = 1.0,
     detach_target: bool = False,
@@ -349,7 +354,7 @@ class CachedMimoLoss(_CachedTermsLoss, _cached_mixin(), nn.Module):
     columns = ("anchor", "positive")
     n_columns = 2
 
-    def __init__(self, model, projection: nn.Linear, lam: float = 0.2, kind: str = "cosine",
+    def __init__(self, model, projection: nn.Linear, lam: float = LAMBDA, kind: str = "cosine",
                  scale: float = 20.0, mini_batch_size: int = 32):
         super().__init__()
         if not 0.0 <= lam <= 1.0:
@@ -389,7 +394,7 @@ class CachedLakdaLoss(_CachedTermsLoss, _cached_mixin(), nn.Module):
     columns = ("anchor", "positive", "anchor_b")
     n_columns = 3
 
-    def __init__(self, model, alpha: float = 0.5, scale: float = 20.0, kl_scale: float = 1.0,
+    def __init__(self, model, alpha: float = ALPHA, scale: float = 20.0, kl_scale: float = 1.0,
                  mini_batch_size: int = 32):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:

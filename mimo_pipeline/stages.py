@@ -38,9 +38,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import MimoInputError
-from .fileio import atomic_dir, sha256_file, write_json
-from .losses import (DISTILL_KINDS, CachedLakdaLoss, CachedMimoLoss, contrastive_loss, fit_least_squares,
-                     load_projection, make_projection, save_projection, stage1_loss)
+from .fileio import atomic_dir, file_lock, sha256_file, write_json
+from .losses import (ALPHA, DISTILL_KINDS, LAMBDA, CachedLakdaLoss, CachedMimoLoss, contrastive_loss,
+                     fit_least_squares, load_projection, make_projection, save_projection, stage1_loss)
 from .pairs import read_pairs
 from .student import ModelCheckpoint
 from .teacher import TeacherEmbeddings
@@ -59,8 +59,6 @@ PROJECTION_INITS = ("random", "lstsq")
 # The paper's settings (DESIGN §1); the Dagster configs read their defaults from here.
 STAGE1_LR = 1e-4
 STAGE2_LR = 2e-5
-LAMBDA = 0.2
-ALPHA = 0.5
 STAGE1_PROMPT = "query"
 DEFAULT_SEED = 13
 #: The λ ablation (DESIGN §2): Stage 2 from the same Stage-1 checkpoint and W with these λ, beside mimo's 0.2.
@@ -155,6 +153,16 @@ def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def checkpoint_fingerprint(name: str, init: ModelCheckpoint, data_path: str | Path, cfg: StageConfig,
+                           teacher: TeacherEmbeddings | None = None) -> str:
+    """A trained checkpoint's folder name: the model, the training code, the initial weights, the teacher's
+    vectors (model and precision; none for a teacher-free baseline), the data file's content-addressed folder
+    and every setting of ``cfg``, ``batch_size`` and ``mini_batch_size`` among them."""
+    return _fingerprint(name, TRAINING_CODE_VERSION, init.fingerprint,
+                        *([teacher.fingerprint] if teacher is not None else []), Path(data_path).parent.name,
+                        asdict(cfg))
+
+
 def _order(n_rows: int, n_needed: int, seed: int) -> np.ndarray:
     """Row indices for ``n_needed`` draws: seeded permutations of all rows, epoch after epoch."""
     if n_rows < 1:
@@ -229,22 +237,11 @@ def _training_lock(path: Path):
     would otherwise share (and clobber) one work folder. The second waits, then finds the
     checkpoint. Under torch.distributed the launcher's process holds no lock: ranks must not
     wait on each other here."""
-    import fcntl
-
     if distributed_world()[1] > 1:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("%s: another process is training this fingerprint; waiting for it", path.parent.name)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(path, waiting=f"{path.parent.name}: another process is training this fingerprint; waiting for it"):
+        yield
 
 
 def _train(name, init, fingerprint, models_dir, cfg, build_loss, dataset, prompts, on_log, *, p1_corpus, card,
@@ -292,6 +289,7 @@ def _append_card(path: Path, name: str, cfg: StageConfig, init: ModelCheckpoint,
              f"- model: `{name}`; recipe: {card.get('recipe', name)}",
              f"- initial model: `{init.path}`",
              f"- teacher: `{card.get('teacher', 'none (teacher-free)')}`",
+             f"- base student: `{card.get('student_base') or init.source_ref}`",
              f"- data: {card.get('data', '')}",
              f"- seed {t.seed}; {t.steps} steps × {t.batch_size} rows (gradient-cache mini-batches of {t.chunk}); "
              f"lr {t.lr}, warmup {t.warmup_ratio}, max length {t.max_length}, "
@@ -342,8 +340,7 @@ def train_stage1(init: ModelCheckpoint, corpus_path: str | Path, teacher: Teache
     t = cfg.train
     rows = stage1_rows(corpus_path, cfg.english_share, t.seed)
     order = _order(len(rows.texts), t.steps * t.batch_size, t.seed)
-    fp = _fingerprint("stage1", TRAINING_CODE_VERSION, init.fingerprint, teacher.fingerprint,
-                      Path(corpus_path).parent.name, asdict(cfg))
+    fp = checkpoint_fingerprint("stage1", init, corpus_path, cfg, teacher)
     dest_exists = checkpoint_ready(models_dir, "stage1", fp)
     dataset = None
     projection = make_projection(init.dim, teacher.dim, seed=t.seed)
@@ -421,8 +418,7 @@ def train_stage2(init: ModelCheckpoint, init_projection: str | None, pairs_path:
     else:
         projection = make_projection(init.dim, teacher.dim, seed=t.seed)
     used = _pairs_order(pairs_path, cfg)
-    fp = _fingerprint(name, TRAINING_CODE_VERSION, init.fingerprint, teacher.fingerprint,
-                      Path(pairs_path).parent.name, asdict(cfg))
+    fp = checkpoint_fingerprint(name, init, pairs_path, cfg, teacher)
     dataset = None
     if not checkpoint_ready(models_dir, name, fp):
         needed = list(dict.fromkeys([r["q_en"] for r in used] + [r["p_en"] for r in used]))
@@ -448,7 +444,7 @@ def train_baseline(name: str, init: ModelCheckpoint, pairs_path: str | Path, cfg
         raise MimoInputError(f"unknown baseline {name!r}; use one of {BASELINES}", source="baseline")
     t = cfg.train
     used = _pairs_order(pairs_path, cfg)
-    fp = _fingerprint(name, TRAINING_CODE_VERSION, init.fingerprint, Path(pairs_path).parent.name, asdict(cfg))
+    fp = checkpoint_fingerprint(name, init, pairs_path, cfg)
     checkpoint_ready(models_dir, name, fp)  # a damaged checkpoint is moved aside and retrained
     columns = {"infonce": {"anchor": "q_a", "positive": "p_a"},  # same-language pairs
                "xlco": {"anchor": "q_a", "positive": "p_b"},

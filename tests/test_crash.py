@@ -122,7 +122,10 @@ def _tmp_files(root: Path) -> list[Path]:
 
 
 def _complete_step(work: Path) -> int:
-    steps = [int(p.parent.name.split("-")[-1]) for p in work.glob("checkpoint-*/trainer_state.json")]
+    """The last complete trainer checkpoint's step under ``work`` (at any depth: a stage's
+    ``.work-<fingerprint>`` folder included); 0 if none."""
+    steps = [int(p.parent.name.split("-")[-1]) for p in work.rglob("trainer_state.json")
+             if p.parent.name.startswith("checkpoint-")]
     return max(steps, default=0)
 
 
@@ -209,6 +212,105 @@ def test_a_half_written_trainer_checkpoint_is_swept_on_resume(model_dir, tmp_pat
         torch.set_num_threads(threads)
     assert result.resumed_from_step == last
     assert not half.exists() and _tmp_files(work) == []
+
+
+def stage_setup(root: Path) -> None:
+    """What the training asset's library call reads: a student folder, a teacher cache and a pairs file."""
+    import pyarrow as pa
+
+    from mimo_pipeline.embedding_cache import EmbeddingCache, text_key
+
+    tiny_model_dir(root / "student")
+    cache = EmbeddingCache(root / "teacher", "tinyteacher", dim=TEACHER_DIM)
+    cache.put([text_key(t) for t in EN], np.random.default_rng(0).normal(size=(len(EN), TEACHER_DIM))
+              .astype(np.float32))
+    (root / "pairs").mkdir()
+    n = len(EN)
+    pq.write_table(pa.table({"q_a": X, "p_b": [EN[(i + 1) % n] for i in range(n)], "q_en": EN,
+                             "p_en": [EN[(i + 1) % n] for i in range(n)]}), root / "pairs" / "pairs.parquet")
+
+
+def run_stage2(root: str, models_dir: str, sleep_s: float = 0.0):
+    """`stages.train_stage2`, what `stage2_checkpoint` calls (its `.work-<fingerprint>` folder, the
+    fingerprint's lock, rows laid out from the pairs file, W, the checkpoint written at the end),
+    with dropout on and a trainer checkpoint every 2 steps; ``sleep_s`` per step makes it killable."""
+    import torch
+
+    from mimo_pipeline.embedding_cache import CacheReport
+    from mimo_pipeline.stages import StageConfig, train_stage2
+    from mimo_pipeline.student import ModelCheckpoint
+    from mimo_pipeline.teacher import TeacherEmbeddings
+    from mimo_pipeline.trainer import TrainConfig
+
+    torch.set_num_threads(1)
+    root = Path(root)
+    teacher = TeacherEmbeddings(str(root / "teacher"), "tiny", "", "tinyteacher", TEACHER_DIM, False,
+                                CacheReport(str(root / "teacher"), "tinyteacher", TEACHER_DIM, 0, 0, 0, 0.0, 0, 0))
+    init = ModelCheckpoint("base_student", str(root / "student"), "tinystudent", "tiny", 32,
+                           {"query": "query: ", "document": "passage: "})
+    train = TrainConfig(steps=STEPS, batch_size=4, mini_batch_size=2, lr=1e-3, max_length=32, seed=0, device="cpu",
+                        checkpoint_every=CHECKPOINT_EVERY, log_every=1, freeze_word_embeddings=False)
+    return train_stage2(init, None, root / "pairs" / "pairs.parquet", teacher, StageConfig(train, lam=0.5),
+                        models_dir, on_log=lambda rec: time.sleep(sleep_s))
+
+
+def _stage_main() -> None:
+    """Subprocess entry: once ``go`` exists, ``run_stage2(root, models_dir, sleep)``; the result as JSON."""
+    from mimo_pipeline import stages  # noqa: F401 - the slow imports, before waiting
+
+    root, models_dir, sleep_s, go = sys.argv[1:5]
+    deadline = time.monotonic() + 600
+    while not os.path.exists(go):
+        if time.monotonic() > deadline:
+            sys.exit("never told to start")
+        time.sleep(0.02)
+    trained = run_stage2(root, models_dir, float(sleep_s))
+    print(json.dumps({"resumed_from_step": trained.resumed_from_step, "steps": trained.steps,
+                      "path": trained.checkpoint.path, "projection": trained.projection_path}), flush=True)
+
+
+def test_a_killed_stage2_asset_call_resumes_to_the_uninterrupted_checkpoint(tmp_path):
+    """The training asset's own call (`stages.train_stage2`) SIGKILLed after a trainer checkpoint:
+    re-run, it resumes in its `.work-<fingerprint>` folder from the last complete checkpoint, and the
+    checkpoint folder it writes holds bitwise the weights and W of an uninterrupted run."""
+    import torch
+    from safetensors.torch import load_file
+
+    stage_setup(tmp_path)
+    code = "from tests.test_crash import _stage_main; _stage_main()"
+    procs = {}
+    for name, sleep_s in (("killed", 0.3), ("resumed", 0.0)):
+        with open(tmp_path / f"{name}.log", "w") as log:
+            procs[name] = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(tmp_path / "models"),
+                                            str(sleep_s), str(tmp_path / f"go-{name}")], cwd=REPO, env=_env(),
+                                           stdout=log, stderr=subprocess.STDOUT)
+    try:
+        threads = torch.get_num_threads()
+        try:
+            full = run_stage2(str(tmp_path), str(tmp_path / "uninterrupted"))
+        finally:
+            torch.set_num_threads(threads)
+        (tmp_path / "go-killed").touch()
+        _kill_after_a_save(procs["killed"], tmp_path / "models", min_step=4)
+        saved = _complete_step(tmp_path / "models")
+        assert 4 <= saved < STEPS and list((tmp_path / "models" / "mimo").glob(".work-*"))
+        assert not list((tmp_path / "models" / "mimo").glob("*/modules.json"))  # no checkpoint folder yet
+        (tmp_path / "go-resumed").touch()
+        assert procs["resumed"].wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    report = json.loads((tmp_path / "resumed.log").read_text().strip().splitlines()[-1])
+    assert report["resumed_from_step"] >= saved and report["steps"] == STEPS
+    assert Path(report["path"]).name == Path(full.checkpoint.path).name  # the same fingerprint
+    for got, want in ((f"{report['path']}/model.safetensors", f"{full.checkpoint.path}/model.safetensors"),
+                      (report["projection"], full.projection_path)):
+        a, b = load_file(got), load_file(want)
+        differ = [k for k in b if not torch.equal(a[k], b[k])]
+        assert a.keys() == b.keys() and not differ, differ
+    assert not list((tmp_path / "models" / "mimo").glob(".work-*"))  # the spent trainer state is removed
 
 
 # --------------------------------------------------------------------------- embedding cache

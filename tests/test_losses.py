@@ -271,3 +271,34 @@ def test_projection_least_squares_recovers_an_exact_affine_map():
     assert torch.allclose(proj.weight, a, atol=1e-5)
     assert torch.allclose(proj.bias, b, atol=1e-5)
     assert torch.allclose(proj(s), s @ a.T + b, atol=1e-4)
+
+
+def test_the_readme_loss_example_trains_on_the_stock_trainer(tmp_path, monkeypatch):
+    """The README's ten-line example, run as written on sentence-transformers' own, unsubclassed
+    SentenceTransformerTrainer, with tiny local models in place of the hub ids."""
+    import re
+
+    import torch
+
+    from mimo_pipeline.losses import make_projection, save_projection
+    from tests.conftest import REPO, build_tiny_bert
+
+    words = ["wer ist da ?", "qui est là ?", "who is there ?"]
+    student = build_tiny_bert(tmp_path / "student", words, dropout=0.0)
+    teacher = build_tiny_bert(tmp_path / "teacher", words, seed=1)
+    save_projection(make_projection(32, 32, seed=0), tmp_path / "stage1.projection.safetensors")
+    block = next(b for b in re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+                 if "CachedMimoLoss" in b)
+    assert len([line for line in block.splitlines() if line.strip()]) <= 11
+    code = (block.replace('"intfloat/multilingual-e5-small"', repr(str(student)))
+            .replace('"sentence-transformers/all-mpnet-base-v2"', repr(str(teacher))))
+    monkeypatch.chdir(tmp_path)
+    space = {}
+    exec(compile(code, "README.md", "exec"), space)  # noqa: S102
+    trained = space["student"]
+    from sentence_transformers import SentenceTransformer
+
+    untouched = SentenceTransformer(str(student), device="cpu")
+    moved = [k for k, v in trained.state_dict().items() if not torch.equal(v.cpu(), untouched.state_dict()[k])]
+    assert moved, "the example's training step changed no weight"
+    assert space["SentenceTransformerTrainer"].__module__.startswith("sentence_transformers.")  # the stock one

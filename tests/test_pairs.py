@@ -94,8 +94,21 @@ def test_ordered_language_pairs_are_drawn_uniformly(tmp_path):
     assert set(counts) == {(a, b) for a in ("de", "en", "fr") for b in ("de", "en", "fr") if a != b}
     expected, sd = n / 6, (n * (1 / 6) * (5 / 6)) ** 0.5
     assert all(abs(k - expected) < 4 * sd for k in counts.values()), counts
-    c = Counter(r["lang_c"] for r in read_pairs(res.path))
-    assert all(abs(k - n / 3) < 4 * (n * 2 / 9) ** 0.5 for k in c.values()), c  # c independent of (a, b)
+    rows = read_pairs(res.path)
+    c = Counter(r["lang_c"] for r in rows)
+    assert all(abs(k - n / 3) < 4 * (n * 2 / 9) ** 0.5 for k in c.values()), c  # c uniform
+    # LaKDA's passage language c is drawn independently of (a, b), as in the official cached_lakda.py: a
+    # chi-square test of the 6 × 3 table of (a, b) against c; c = b on every row (the old draw) fails it.
+    from scipy.stats import chi2_contingency
+
+    def table(key):
+        pairs, langs = sorted(counts), sorted(c)
+        joint = Counter((r["lang_a"], r["lang_b"], key(r)) for r in rows)
+        return np.array([[joint[(a, b, x)] for x in langs] for a, b in pairs])
+
+    assert chi2_contingency(table(lambda r: r["lang_c"])).pvalue > 1e-3
+    assert chi2_contingency(table(lambda r: r["lang_b"])).pvalue < 1e-6  # the test can tell dependence
+    assert abs(sum(r["lang_c"] == r["lang_b"] for r in rows) / n - 1 / 3) < 0.05
     other = build_user_pairs(PairsConfig(source_path=str(tmp_path / "w.parquet"), seed=6), tmp_path / "out")
     assert read_pairs(other.path) != read_pairs(res.path)
 

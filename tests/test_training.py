@@ -92,9 +92,11 @@ def _allclose(a: dict, b: dict, atol: float) -> bool:
 # --------------------------------------------------------------------------- gradient caching
 
 
-def test_mini_batch_size_leaves_the_weights_unchanged_but_accumulation_does_not(no_dropout_dir, tmp_path):
-    """3 steps at batch 16: mini-batches of 16, 4 and 1 give the same weights (and W);
-    the same rows in steps of 4 (the negatives of a 4-row batch) give other weights."""
+def test_mini_batch_size_leaves_the_weights_unchanged_but_accumulation_does_not(no_dropout_dir, tmp_path,
+                                                                                  monkeypatch):
+    """3 steps at batch 16: mini-batches of 16, 4 and 1 give the same weights (and W); 3 steps of
+    4 accumulated micro-batches of 4 (the same rows and schedule, but each query sees only the
+    3 negatives of its micro-batch) give other weights."""
     model_dir = no_dropout_dir
     runs = {}
     for mb in (16, 4, 1):
@@ -104,8 +106,19 @@ def test_mini_batch_size_leaves_the_weights_unchanged_but_accumulation_does_not(
     for mb in (4, 1):
         assert _allclose(runs[mb][0], ref_w, atol=1e-5), f"mini_batch_size {mb} changed the weights"
         assert torch.allclose(runs[mb][1], ref_p, atol=1e-5)
-    # the same 48 rows as 12 optimizer steps of 4 (negatives: 3 per query) move elsewhere
-    model, loss, _ = train_mimo(model_dir, tmp_path / "small", cfg(batch_size=4, steps=12))
+    # the same 48 rows as 3 optimizer steps, each 4 accumulated micro-batches of 4, move elsewhere
+    from mimo_pipeline import trainer
+
+    real = trainer.training_arguments
+
+    def accumulating(config, output_dir, prompts=None):
+        args = real(config, output_dir, prompts)
+        args.per_device_train_batch_size, args.gradient_accumulation_steps = 4, 4
+        return args
+
+    monkeypatch.setattr(trainer, "training_arguments", accumulating)
+    model, loss, result = train_mimo(model_dir, tmp_path / "accumulated", cfg(mini_batch_size=4))
+    assert [h["step"] for h in result.history] == [1, 2, 3]  # 3 optimizer steps, as above
     assert not _allclose(weights(model), ref_w, atol=1e-5)
 
 
@@ -264,6 +277,23 @@ def test_chunk_and_fingerprint_settings():
     assert s["batch_size"] == 16 and s["mini_batch_size"] == 4 and "log_every" not in s
 
 
+def test_the_checkpoint_fingerprint_holds_batch_size_and_mini_batch_size():
+    """The contract: a checkpoint's folder (its fingerprint) changes with either size."""
+    from dataclasses import replace
+
+    from mimo_pipeline.stages import StageConfig, checkpoint_fingerprint
+    from mimo_pipeline.student import ModelCheckpoint
+
+    init = ModelCheckpoint("base_student", "/m", "0123456789abcdef", "tiny", 32, {})
+    base = StageConfig(train=cfg(mini_batch_size=4))
+    variants = [base, replace(base, train=replace(base.train, mini_batch_size=1)),
+                replace(base, train=replace(base.train, batch_size=32)), replace(base, lam=0.5)]
+    fps = [checkpoint_fingerprint("mimo", init, "/data/pairs/abc/pairs.parquet", c) for c in variants]
+    assert len(set(fps)) == len(variants)
+    assert fps[0] == checkpoint_fingerprint("mimo", init, "/elsewhere/abc/pairs.parquet", base)  # the folder's name
+    assert fps[0] != checkpoint_fingerprint("xlco", init, "/data/pairs/abc/pairs.parquet", base)
+
+
 # --------------------------------------------------------------------------- precision, concurrency
 
 
@@ -299,3 +329,91 @@ def test_a_second_process_waits_for_the_fingerprint_being_trained(tmp_path):
         order.append("first done")
     t.join(timeout=10)
     assert order == ["first done", "second"]
+
+
+# --------------------------------------------------------------------------- the stages' inputs
+
+
+def _corpus(tmp_path, texts, english, splits=None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "corpus" / "parallel.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": texts, "en": english, "split": splits or ["train"] * len(texts),
+                             "lang": ["xx"] * len(texts)}), path)
+    return path
+
+
+def test_stage1_rows_add_english_identity_rows_one_per_sentence_or_a_share(tmp_path):
+    from mimo_pipeline.stages import stage1_rows
+
+    path = _corpus(tmp_path, X[:8] + Y[:8] + X[8:10], EN[:8] * 2 + EN[8:10], ["train"] * 16 + ["dev"] * 2)
+    rows = stage1_rows(path, None, seed=0)  # the official preparation: one (en, en) row per distinct sentence
+    assert rows.n_identity == 8 and len(rows.texts) == 24
+    assert rows.texts[:16] == X[:8] + Y[:8] and rows.english[:16] == EN[:8] * 2  # dev rows never enter
+    assert rows.texts[16:] == rows.english[16:] == EN[:8]
+    share = stage1_rows(path, 0.2, seed=0)  # s/(1−s) of the 16 X rows: 4 identity rows, a share of 0.2
+    assert share.n_identity == 4 and share.n_identity / len(share.texts) == pytest.approx(0.2)
+    assert share.texts[16:] == share.english[16:] and set(share.texts[16:]) <= set(EN[:8])
+    assert share.texts[16:] != stage1_rows(path, 0.2, seed=1).texts[16:]  # a seeded sample
+    assert stage1_rows(path, 0.0, seed=0).n_identity == 0
+
+
+def test_one_prompt_convention_across_stages(model_dir, tmp_path, monkeypatch):
+    """Stage 1 fits W (least squares) and trains on the student's query inputs, the inputs Stage 2's
+    anchors and evaluation's queries get: the prompt is the student's own "query" prompt throughout."""
+    from mimo_pipeline import encoder, stages
+    from mimo_pipeline.embedding_cache import CacheReport, EmbeddingCache, text_key
+    from mimo_pipeline.stages import STAGE1_PROMPT, StageConfig, train_stage1, train_stage2
+    from mimo_pipeline.student import ModelCheckpoint
+    from mimo_pipeline.teacher import TeacherEmbeddings
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cache = EmbeddingCache(tmp_path / "teacher", "tinyteacher", dim=TEACHER_DIM)
+    cache.put([text_key(t) for t in EN], T_Q)
+    teacher = TeacherEmbeddings(str(tmp_path / "teacher"), "tiny", "", "tinyteacher", TEACHER_DIM, False,
+                                CacheReport(str(cache.dir), "tinyteacher", TEACHER_DIM, 16, 16, 0, 0.0, 16, 0))
+    init = ModelCheckpoint("base_student", str(model_dir), "tinystudent", "tiny", 32,
+                           {"query": "query: ", "document": "passage: "})
+    pairs = tmp_path / "pairs" / "pairs.parquet"
+    pairs.parent.mkdir()
+    pq.write_table(pa.table({"q_a": X, "p_b": Y[1:] + Y[:1], "q_en": EN, "p_en": EN[1:] + EN[:1]}), pairs)
+    runs, fitted = {}, []
+    monkeypatch.setattr(stages, "_run", lambda name, init, fp, models_dir, cfg, build_loss, dataset, prompts,
+                        on_log, **kw: runs.setdefault(name, prompts))
+    real_encode = encoder.SentenceEncoder.encode
+    monkeypatch.setattr(encoder.SentenceEncoder, "encode",
+                        lambda self, texts, prompt=None, **kw: fitted.append(prompt) or real_encode(self, texts,
+                                                                                                   prompt=prompt, **kw))
+    train = cfg(steps=1, batch_size=8)
+    train_stage1(init, _corpus(tmp_path, X, EN), teacher, StageConfig(train, projection_init="lstsq",
+                                                                      projection_fit_rows=8), tmp_path / "m")
+    train_stage2(init, None, pairs, teacher, StageConfig(train), tmp_path / "m")
+    assert STAGE1_PROMPT == "query" and fitted == ["query"]  # evaluation encodes queries with prompt "query"
+    assert runs["stage1"] == {"text": "query: "}
+    assert runs["mimo"]["anchor"] == "query: " and runs["mimo"]["positive"] == "passage: "
+
+
+def test_stage1_gate_verdicts_and_what_they_tell_the_user_to_change():
+    """The blocking gate before Stage 2: finite loss terms, and held-out P@1 within the margin."""
+    from mimo_pipeline.stages import TrainedModel, stage1_gate
+    from mimo_pipeline.student import ModelCheckpoint
+
+    def trained(terms, p1):
+        return TrainedModel(ModelCheckpoint("stage1", "/m", "fp", "base", 32, {}), None, 4, 1.0, 8.0, terms,
+                            config={"stage": {"train": {"lr": 3.0}}}, translation_p1={"all": p1} if p1 else {})
+
+    base = {"all": 0.60}
+    diverged = stage1_gate(trained({"loss": float("nan"), "distill": 0.1}, 0.9), base, 0.05)
+    assert not diverged.passed and "non-finite loss terms" in diverged.message and "lr (now 3.0)" in diverged.message
+    inf = stage1_gate(trained({"loss": float("inf")}, None), base, 0.05)
+    assert not inf.passed
+    fell = stage1_gate(trained({"loss": 0.2}, 0.54), base, 0.05)  # 0.06 below: more than the margin
+    assert not fell.passed and "fell below the base student's" in fell.message and "Lower" in fell.message
+    assert (fell.p1, fell.base_p1) == (0.54, 0.60)
+    assert stage1_gate(trained({"loss": 0.2}, 0.56), base, 0.05).passed  # 0.04 below: within it
+    assert stage1_gate(trained({"loss": 0.2}, 0.70), base, 0.05).passed
+    assert stage1_gate(trained({"loss": 0.2}, None), base, 0.05).passed  # not measured: finite is all it can say
