@@ -8,8 +8,8 @@ from mimo_pipeline.analysis import loss_curve_plot
 from mimo_pipeline.corpus import CorpusResult
 from mimo_pipeline.pairs import PairsResult
 from mimo_pipeline.probe import inspect_checkpoint
-from mimo_pipeline.stages import (ABLATION_LAMBDAS, BASELINES, DEFAULT_SEED, P1_MARGIN, P1_SPLIT, STAGE1_LR, STAGE2_LR,
-                                  StageConfig, TrainedModel, TrainedSet, lambda_model_name, stage1_gate)
+from mimo_pipeline.stages import (ABLATION_LAMBDAS, BASELINES, DEFAULT_SEED, LAMBDA, P1_MARGIN, P1_SPLIT, STAGE1_LR,
+                                  STAGE2_LR, StageConfig, TrainedModel, TrainedSet, lambda_model_name, stage1_gate)
 from mimo_pipeline.student import ModelCheckpoint
 from mimo_pipeline.teacher import TeacherEmbeddings
 from mimo_pipeline.trainer import TrainConfig
@@ -89,8 +89,18 @@ def _seeds(cfg: StageSettings) -> list[int]:
     return list(cfg.seeds)
 
 
+def _identity(teacher: TeacherEmbeddings | None, student: ModelCheckpoint) -> dict:
+    """The models a checkpoint comes from, each with where its files came from (hub, catalog, local) and its
+    fingerprint: DuckDB's checkpoints row, MLflow's tags and the model card all record these."""
+    return {"teacher": teacher.teacher_ref if teacher else None,
+            "teacher_source": (teacher.teacher_source or None) if teacher else None,
+            "teacher_fingerprint": (teacher.teacher_fingerprint or None) if teacher else None,
+            "student_base": student.source_ref, "student_base_source": student.source or None,
+            "student_base_fingerprint": student.fingerprint}
+
+
 def _train_tracked(context, name, tracking: MlflowTracking, catalog: ModelCatalog, cfg: StageConfig,
-                   function: str, args: tuple, kwargs: dict, world_size: int = 1):
+                   function: str, args: tuple, kwargs: dict, world_size: int, identity: dict):
     """Run a `mimo_pipeline.stages` training function inside an MLflow run named after model and teacher;
     ``world_size > 1`` runs it under torchrun (`resources.launcher`)."""
     from mimo_pipeline import stages
@@ -99,7 +109,8 @@ def _train_tracked(context, name, tracking: MlflowTracking, catalog: ModelCatalo
     params = {**cfg.train.result_settings(), "distill": cfg.distill, "lam": cfg.lam, "alpha": cfg.alpha,
               "world_size": world_size}
     with tracking.tracker().run(f"{name} · {teacher}", dagster_run_id=context.run.run_id, params=params,
-                                tags={"model": name, "teacher": teacher}) as run:
+                                tags={"model": name, "teacher": teacher,
+                                      **{k: v for k, v in identity.items() if k != "teacher" and v}}) as run:
         if world_size > 1:
             trained = launch_distributed(context, function, args, world_size,
                                          {"home": tracking.tracker().home, "run_id": run.run_id}, kwargs)
@@ -121,21 +132,24 @@ def _checks(asset_name, model=None, gate: str | None = None):
                                    description="Blocking: a failure stops everything downstream.")]
 
 
-def _kwargs(s, corpus: CorpusResult, p1: bool, teacher: str | None) -> dict:
+def _kwargs(s, corpus: CorpusResult, p1: bool, identity: dict) -> dict:
+    def named(who: str) -> str | None:
+        return (f"{identity[who]} ({identity[who + '_source'] or 'source unknown'}, fingerprint "
+                f"{identity[who + '_fingerprint']})") if identity[who] else None
+
     return {"p1_corpus": corpus.path if p1 else None,
-            "card": {"teacher": teacher or "none (teacher-free)", "p1_pairs": s.profile.translation_p1_pairs}}
+            "card": {"teacher": named("teacher") or "none (teacher-free)", "student_base": named("student_base"),
+                     "p1_pairs": s.profile.translation_p1_pairs}}
 
 
-def _record(context, trained: TrainedModel, asset_name, s, results: ResultsStore, run_id, teacher_name,
-            student_name) -> dict:
+def _record(context, trained: TrainedModel, asset_name, s, results: ResultsStore, run_id, identity: dict) -> dict:
     """Record a trained model in DuckDB (its folder is complete by now); its metadata and check figures."""
     import math
 
     ckpt = trained.checkpoint
     results.db().append("checkpoints", [{
-        "model": ckpt.model, "asset": asset_name, "path": ckpt.path, "teacher": teacher_name,
-        "student_base": student_name, "seed": trained.seed, "dagster_run_id": context.run.run_id,
-        "mlflow_run_id": run_id}])
+        "model": ckpt.model, "asset": asset_name, "path": ckpt.path, **identity, "seed": trained.seed,
+        "dagster_run_id": context.run.run_id, "mlflow_run_id": run_id}])
     plot = loss_curve_plot(trained.history, s.home / "plots" / f"loss_{ckpt.model}_{ckpt.fingerprint}.png",
                            f"{ckpt.model} (seed {trained.seed}) loss")
     report = inspect_checkpoint(ckpt, None)
@@ -200,15 +214,15 @@ def stage1_checkpoint(context: AssetExecutionContext, config: Stage1Settings, st
     base = inspect_checkpoint(student_base, parallel_corpus.path if config.translation_p1 else None,
                               per_language=s.profile.translation_p1_pairs, split=P1_SPLIT)
     out, metadata, recs, verdicts = {}, {}, {}, {}
+    identity = _identity(teacher_embeddings, student_base)
     for seed in seeds:
         cfg = _stage_config(config, s, s.profile.training.stage1_steps, seed)
         trained, run_id = _train_tracked(context, "stage1", tracking, catalog, cfg, "train_stage1",
                                          (student_base, parallel_corpus.path, teacher_embeddings, cfg, s.models_dir),
-                                         _kwargs(s, parallel_corpus, config.translation_p1,
-                                                 teacher_embeddings.teacher_ref), config.world_size)
+                                         _kwargs(s, parallel_corpus, config.translation_p1, identity),
+                                         config.world_size, identity)
         key = _key("stage1", seed, seeds)
-        rec = _record(context, trained, "stage1_checkpoint", s, results, run_id, teacher_embeddings.teacher_ref,
-                      student_base.source_ref)
+        rec = _record(context, trained, "stage1_checkpoint", s, results, run_id, identity)
         metadata.update({f"{key}/{k}" if len(seeds) > 1 else k: v for k, v in rec["metadata"].items()})
         recs[key], out[seed] = rec, trained
         verdicts[key] = stage1_gate(trained, base.translation_p1, config.p1_margin)
@@ -235,13 +249,13 @@ class Stage2Settings(StageSettings):
 @asset(
     group_name="training", code_version="3",
     description="Stage 2, the MIMO model: from Stage 1 and its projection, λ·cross-lingual InfoNCE + "
-                "(1-λ)·distillation onto the teacher's cached English vectors of query and passage (λ = 0.2), "
+                f"(1-λ)·distillation onto the teacher's cached English vectors of query and passage (λ = {LAMBDA}), "
                 "gradient-cached on SentenceTransformerTrainer; plus the λ ablation (mimo_lambda_0, _0.5, _1) from "
                 "the same Stage-1 checkpoint and W. Checkpoints under MIMO_HOME/models/<model>/<fingerprint>/.",
     check_specs=_checks("stage2_checkpoint"), io_manager_key="artifacts",
 )
 def stage2_checkpoint(context: AssetExecutionContext, config: Stage2Settings, stage1_checkpoint: TrainedSet,
-                      retrieval_pairs: PairsResult, teacher_embeddings: TeacherEmbeddings,
+                      student_base: ModelCheckpoint, retrieval_pairs: PairsResult, teacher_embeddings: TeacherEmbeddings,
                       parallel_corpus: CorpusResult, settings: MimoSettings, catalog: ModelCatalog,
                       results: ResultsStore, tracking: MlflowTracking):
     s = settings.resolve()
@@ -249,6 +263,7 @@ def stage2_checkpoint(context: AssetExecutionContext, config: Stage2Settings, st
     variants = [("mimo", config.lam)] + ([(lambda_model_name(lam), lam) for lam in ABLATION_LAMBDAS]
                                          if config.lambda_ablation else [])
     out, metadata, recs = {}, {}, {}
+    identity = _identity(teacher_embeddings, student_base)
     for seed in seeds:
         stage1 = stage1_checkpoint.get("stage1", seed if seed in stage1_checkpoint.seeds("stage1") else None)
         for name, lam in variants:
@@ -256,12 +271,10 @@ def stage2_checkpoint(context: AssetExecutionContext, config: Stage2Settings, st
             trained, run_id = _train_tracked(context, name, tracking, catalog, cfg, "train_stage2",
                                              (stage1.checkpoint, stage1.projection_path, retrieval_pairs.path,
                                               teacher_embeddings, cfg, s.models_dir),
-                                             {**_kwargs(s, parallel_corpus, config.translation_p1,
-                                                        teacher_embeddings.teacher_ref), "name": name},
-                                             config.world_size)
+                                             {**_kwargs(s, parallel_corpus, config.translation_p1, identity),
+                                              "name": name}, config.world_size, identity)
             key = _key(name, seed, seeds)
-            rec = _record(context, trained, "stage2_checkpoint", s, results, run_id, teacher_embeddings.teacher_ref,
-                          stage1.checkpoint.source_ref)
+            rec = _record(context, trained, "stage2_checkpoint", s, results, run_id, identity)
             metadata.update({f"{key}/{k}" if key != "mimo" else k: v for k, v in rec["metadata"].items()})
             recs[key] = rec
             out.setdefault(name, {})[seed] = trained
@@ -290,17 +303,17 @@ def baseline_checkpoints(context: AssetExecutionContext, config: BaselineSetting
     seeds = _seeds(config)
     sizes = s.profile.training
     out, metadata, checks = {}, {}, []
+    identity = _identity(None, student_base)
     for name in BASELINES:
         recs = {}
         for seed in seeds:
             cfg = _stage_config(config, s, sizes.stage1_steps + sizes.stage2_steps, seed)
             trained, run_id = _train_tracked(context, name, tracking, catalog, cfg, "train_baseline",
                                              (name, student_base, retrieval_pairs.path, cfg, s.models_dir),
-                                             _kwargs(s, parallel_corpus, config.translation_p1, None),
-                                             config.world_size)
+                                             _kwargs(s, parallel_corpus, config.translation_p1, identity),
+                                             config.world_size, identity)
             key = _key(name, seed, seeds)
-            rec = _record(context, trained, "baseline_checkpoints", s, results, run_id, None,
-                          student_base.source_ref)
+            rec = _record(context, trained, "baseline_checkpoints", s, results, run_id, identity)
             metadata.update({f"{key}/{k}": v for k, v in rec["metadata"].items()})
             recs[key] = rec
             out.setdefault(name, {})[seed] = trained

@@ -189,6 +189,16 @@ def catalog_names() -> list[str]:
     return sorted(CATALOG)
 
 
+def strict_models() -> bool:
+    """``MIMO_STRICT_MODELS=1``: a hub id that cannot be downloaded is an error, never the packaged copy."""
+    return os.environ.get("MIMO_STRICT_MODELS", "0").strip().lower() in ("1", "true", "yes")
+
+
+def identity(name: str, source: str, fingerprint: str) -> str:
+    """How a model is named where results record it: ``name (source, fingerprint)``."""
+    return f"{name} ({source}, {fingerprint})"
+
+
 def resolve_model(ref: str, home: str | Path, *, use_hub: bool | None = None) -> ResolvedModel:
     """Resolve a model reference (catalog name, local path or HF id) to a local folder.
 
@@ -223,10 +233,15 @@ def resolve_model(ref: str, home: str | Path, *, use_hub: bool | None = None) ->
             log.info("hub lookup of %r failed (%s)", ref, type(e).__name__)
     if entry is not None:
         if ref.lower() != entry.name.lower():  # a hub id of a catalog model: say loudly what is used instead
+            why = type(hub_error).__name__ if hub_error else "HF_HUB_OFFLINE is set"
+            if strict_models():
+                raise ModelNotFoundError(
+                    f"{ref!r} could not be downloaded ({why}) and MIMO_STRICT_MODELS=1 forbids using the packaged "
+                    f"copy {entry.name!r} instead. Run with a network, pass a local folder of the model, or unset "
+                    "MIMO_STRICT_MODELS to accept the packaged copy.", source="model reference")
             log.warning("%r could not be downloaded (%s); using the packaged copy %r instead (%s), which is not "
                         "the hub's files: results name it %r. For the hub model itself, run with a network or "
-                        "pass a local folder of it.", ref,
-                        type(hub_error).__name__ if hub_error else "HF_HUB_OFFLINE is set", entry.name,
+                        "pass a local folder of it (MIMO_STRICT_MODELS=1 makes this an error).", ref, why, entry.name,
                         entry.description, entry.name)
         path = entry.materialise(home)
         return ResolvedModel(entry.name, path, "catalog", fingerprint(path))

@@ -6,7 +6,9 @@ Read from the environment when asked (never at import time):
 - ``MIMO_PROFILE``: ``default`` (the embedded default) or ``smoke`` (the whole graph
   in about two minutes on 2 CPU cores, for tests);
 - ``MIMO_TEACHER`` / ``MIMO_STUDENT``: a model reference overriding the profile's
-  (catalog name, HF id or local path; see `catalog`).
+  (catalog name, HF id or local path; see `catalog`);
+- ``MIMO_STRICT_MODELS=1``: a hub id that cannot be downloaded is an error instead of
+  falling back (with a WARNING) to the packaged copy of the same model.
 """
 
 from __future__ import annotations

@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "checkpoints": (
         ("model", "VARCHAR"), ("asset", "VARCHAR"), ("path", "VARCHAR"), ("teacher", "VARCHAR"),
-        ("student_base", "VARCHAR"), ("seed", "INTEGER"), ("dagster_run_id", "VARCHAR"),
+        ("student_base", "VARCHAR"),
+        # where each model's files came from ("hub", "catalog", "local") and their fingerprint (catalog.fingerprint)
+        ("teacher_source", "VARCHAR"), ("teacher_fingerprint", "VARCHAR"), ("student_base_source", "VARCHAR"),
+        ("student_base_fingerprint", "VARCHAR"), ("seed", "INTEGER"), ("dagster_run_id", "VARCHAR"),
         ("mlflow_run_id", "VARCHAR"), ("created_at", "TIMESTAMP"),
     ),
     "eval_metrics": (

@@ -33,6 +33,7 @@ class ModelCheckpoint:
     source_ref: str
     dim: int
     prompts: dict
+    source: str = ""  # where an exported model came from: "hub", "catalog" or "local" ("" for a trained one)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -58,4 +59,4 @@ def export_checkpoint(model: ResolvedModel, models_dir: str | Path, name: str = 
                 tmp, PoolingSpec(dim=spec.dim, mode=spec.mode, normalize=spec.normalize,
                                  max_seq_length=spec.max_seq_length, prompts=prompts))
     return ModelCheckpoint(model=name, path=str(dest), fingerprint=model.fingerprint,
-                           source_ref=model.ref, dim=spec.dim, prompts=dict(prompts))
+                           source_ref=model.ref, dim=spec.dim, prompts=dict(prompts), source=model.source)

@@ -46,6 +46,8 @@ class TeacherEmbeddings:
     normalized: bool
     report: CacheReport
     precision: str = "fp32"  # resolved: "fp32" or "bf16"
+    teacher_source: str = ""  # "hub", "catalog" or "local": where the teacher's files came from
+    teacher_fingerprint: str = ""  # the teacher model's own fingerprint (the cache key less the precision)
 
     def cache(self) -> EmbeddingCache:
         return EmbeddingCache(self.cache_root, self.fingerprint, dim=self.dim)
@@ -143,7 +145,7 @@ def build_teacher_embeddings(
     return TeacherEmbeddings(
         cache_root=str(cache_root), teacher_ref=teacher.ref, teacher_path=str(teacher.path),
         fingerprint=cache.fingerprint, dim=spec.dim, normalized=spec.normalize, report=report,
-        precision=resolved,
+        precision=resolved, teacher_source=teacher.source, teacher_fingerprint=teacher.fingerprint,
     )
 
 

@@ -452,3 +452,20 @@ def test_an_unreachable_hub_id_of_a_catalog_model_warns_and_carries_the_catalog_
     with caplog.at_level(logging.WARNING, logger="mimo_pipeline.catalog"):
         assert resolve_model("all-MiniLM-L6-v2", tmp_path, use_hub=True).ref == "all-MiniLM-L6-v2"
     assert not caplog.records, "the catalog name itself is what the user asked for: no warning"
+
+
+def test_mimo_strict_models_turns_the_fallback_into_an_error(tmp_path, monkeypatch):
+    """MIMO_STRICT_MODELS=1: an unreachable hub id is an error naming the way out; the catalog name
+    itself and a local folder still resolve."""
+    from mimo_pipeline.errors import ModelNotFoundError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MIMO_STRICT_MODELS", "1")
+    with pytest.raises(ModelNotFoundError, match="MIMO_STRICT_MODELS=1 forbids using the packaged copy "
+                                                 "'all-MiniLM-L6-v2'.*local folder"):
+        resolve_model("sentence-transformers/all-MiniLM-L6-v2", tmp_path, use_hub=True)
+    model = resolve_model("all-MiniLM-L6-v2", tmp_path, use_hub=True)
+    assert model.source == "catalog"
+    assert resolve_model(str(model.path), tmp_path).source == "local"
+    monkeypatch.setenv("MIMO_STRICT_MODELS", "0")
+    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2", tmp_path, use_hub=True).source == "catalog"

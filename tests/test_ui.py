@@ -347,6 +347,21 @@ def _materialize_all(page, ui: DagsterUI) -> str:
     raise AssertionError("clicking 'Materialize all' launched no run")
 
 
+def _open_markdown(page, ui: DagsterUI, asset: str, label: str, shot: str, shots: list):
+    """An asset's page, then its markdown metadata entry `label` opened ([Show Markdown]): the dialog."""
+    page.keyboard.press("Escape")  # a dialog left open by the previous entry
+    page.goto(f"{ui.base}/assets/{asset}")
+    _dismiss_community_dialog(page, timeout_ms=1000)
+    row = page.locator("tr", has=page.get_by_text(label, exact=True))
+    row.first.wait_for(timeout=60000)
+    row.first.get_by_text("[Show Markdown]").click()
+    dialog = page.get_by_role("dialog").filter(has_text=label)
+    dialog.first.wait_for(timeout=30000)
+    page.wait_for_timeout(500)
+    _shot(page, shot, shots)
+    return dialog.first
+
+
 def _wait_for_run(page, ui: DagsterUI, run_id: str) -> str:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     status, t0 = None, time.monotonic()
@@ -433,8 +448,23 @@ def test_ui_materialize_all_and_see_evaluation_table(request):
             models = [t.strip() for t in table.first.locator("tbody tr td:first-child").all_inner_texts()]
             for model in ("mimo", "use_m", "base_student"):
                 assert model in models, f"{model} not in the comparison table: {models}"
+            assert "±" in table.first.inner_text(), "the comparison table shows no interval (value ± half-interval)"
             page.wait_for_timeout(500)
             _shot(page, "04_mlir_eval_comparison.png", shots)
+
+            # 4. what a user opens the other assets for: the claims, a loss curve, the corpus per language
+            claims = _open_markdown(page, ui, "au_analysis", "claims", "05_au_analysis_claims.png", shots)
+            headers = " ".join(claims.locator("table").first.locator("th").all_inner_texts())
+            assert "claim" in headers and "verdict" in headers, headers
+            assert "(a)" in claims.inner_text() and "(d)" in claims.inner_text()
+            curve = _open_markdown(page, ui, "stage1_checkpoint", "loss_curve", "06_stage1_loss_curve.png", shots)
+            image = curve.locator("img").first
+            image.wait_for(timeout=30000)
+            assert image.evaluate("i => i.complete && i.naturalWidth") > 100, "the loss curve did not render"
+            corpus = _open_markdown(page, ui, "parallel_corpus", "rows_per_language", "07_corpus_per_language.png",
+                                    shots)
+            langs = [t.strip() for t in corpus.locator("table tbody tr td:first-child").all_inner_texts()]
+            assert {"de", "zh"} <= set(langs), langs
         except BaseException:
             try:
                 _shot(page, "99_failure.png", shots, full_page=True)
