@@ -62,12 +62,16 @@ class ParallelCorpusConfig(Config):
 def parallel_corpus(context: AssetExecutionContext, config: ParallelCorpusConfig, settings: MimoSettings):
     s = settings.resolve()
     if config.languages:
-        languages = tuple(config.languages)
-    elif config.source_path is not None:  # a user corpus: every language the file has, whatever the profile
+        languages = tuple(dict.fromkeys((*config.languages, *config.extra_languages)))
+    elif config.source_path is not None:
+        # a user corpus: every language the file has, whatever the profile (DEFAULT_LANGUAGES says "all" to the
+        # library); extra_languages cannot add to that, and merged in they would turn "all" into a filter
         languages = DEFAULT_LANGUAGES
+        if config.extra_languages:
+            context.log.info(f"extra_languages {config.extra_languages} ignored: without `languages`, a user corpus "
+                             "keeps every language its file has")
     else:
-        languages = s.profile.corpus.languages
-    languages = tuple(dict.fromkeys((*languages, *config.extra_languages)))
+        languages = tuple(dict.fromkeys((*s.profile.corpus.languages, *config.extra_languages)))
     base = s.with_corpus(languages=languages, source_path=config.source_path)
     if config.filter_preset is not None:
         base = base.with_preset(config.filter_preset)

@@ -313,6 +313,13 @@ def test_the_data_assets_on_the_readme_run_config_under_the_smoke_profile(tmp_pa
                       resources={"settings": MimoSettings(), "artifacts": mem_io_manager})
     assert res.get_asset_materialization_events()[0].event_specific_data.materialization.metadata[
         "languages"].value == "fr"
+    # extra_languages on a user corpus without `languages` leave it every language its file has
+    corpus_config = {**run_config["ops"]["parallel_corpus"]["config"], "extra_languages": ["ko"]}
+    corpus_config.pop("languages")
+    res = materialize([parallel_corpus], run_config={"ops": {"parallel_corpus": {"config": corpus_config}}},
+                      resources={"settings": MimoSettings(), "artifacts": mem_io_manager})
+    assert res.get_asset_materialization_events()[0].event_specific_data.materialization.metadata[
+        "languages"].value == "de fr"
     assert not bible_tripwire, bible_tripwire[0]
 
 
