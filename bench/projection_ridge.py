@@ -30,7 +30,7 @@ def cosine_distance(projection, s: np.ndarray, t: np.ndarray) -> float:
         return float(distill_loss(projection(torch.from_numpy(s)), torch.from_numpy(t)))
 
 
-def main(held_out: int = 512, sizes=(256, 512, 1024, 2048), ridges=(1e-3, 1e-1, 1.0, 3.0, 10.0)) -> None:
+def main(held_out: int = 512, sizes=(256, 512, 1024, 2048), ridges=(1e-3, 1e-1, 1.0, 3.0, 10.0, 30.0, 100.0)) -> None:
     home = os.environ.get("MIMO_HOME", "data")
     corpora = sorted(glob.glob(f"{home}/corpus/*/parallel.parquet"), key=os.path.getmtime, reverse=True)  # newest
     students = glob.glob(f"{home}/models/base_student/*/")
