@@ -78,12 +78,36 @@ def _same(one, two, base_path):
     assert np.allclose([h["loss"] for h in one.history], [h["loss"] for h in two.history], rtol=1e-4)
 
 
+def _through_pipes(function, args, world_size=2):
+    """What a training asset with ``world_size: 2`` does: `resources.launcher.launch_distributed` inside
+    a materialisation, torchrun launched by Dagster Pipes; what rank 0 returned and the run's log lines."""
+    from dagster import AssetExecutionContext, DagsterInstance, MaterializeResult, asset, materialize
+
+    from resources.launcher import launch_distributed
+
+    got = {}
+
+    @asset
+    def ddp_training(context: AssetExecutionContext):
+        got["trained"] = launch_distributed(context, function, args, world_size)
+        return MaterializeResult(metadata={"steps": got["trained"].steps})  # as the training assets return
+
+    instance = DagsterInstance.ephemeral()
+    res = materialize([ddp_training], instance=instance)
+    assert res.success
+    return got["trained"], [e.user_message for e in instance.all_logs(res.run_id)]
+
+
 def test_mimo_on_two_processes_matches_one(setup):
+    """Stage 2 (mimo), launched the way a training asset with world_size 2 launches it (torchrun through
+    Dagster Pipes), ends where the 1-process run with the same global batch ends."""
     root, student, corpus, pairs, teacher, train = setup
     cfg = StageConfig(train, lam=0.5)
     one = train_stage2(student, None, pairs, teacher, cfg, root / "m1")
-    two = _torchrun(root, "train_stage2", (student, None, str(pairs), teacher, cfg, str(root / "m2")), "mimo")
+    two, logs = _through_pipes("train_stage2", (student, None, str(pairs), teacher, cfg, str(root / "m2")))
     _same(one, two, student.path)
+    assert any("launching train_stage2 on 2 processes" in m for m in logs)
+    assert any("loss=" in m and "xlco=" in m for m in logs), "rank 0's training log did not reach the run (Pipes)"
     # the gathered negatives matter: 2 processes without gathering would see 4 rows each
     assert one.history[0]["xlco"] > np.log(5)
 
