@@ -67,7 +67,8 @@ def test_auto_on_a_cpu_with_the_flags_takes_bf16_only_where_it_measures_faster(f
 def test_the_bf16_probe_measures_a_ratio_once_per_process():
     P.cpu_bf16_speedup.cache_clear()
     first = P.cpu_bf16_speedup()
-    assert 0.01 < first < 100 and P.cpu_bf16_speedup() == first  # a finite ratio, measured once
+    # a finite positive ratio, measured once (a CPU without bf16 units emulates it: 0.005 measured on one)
+    assert 0 < first < 100 and P.cpu_bf16_speedup() == first
     assert P.cpu_bf16_speedup.cache_info().misses == 1
 
 
