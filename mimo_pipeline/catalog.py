@@ -194,11 +194,6 @@ def strict_models() -> bool:
     return os.environ.get("MIMO_STRICT_MODELS", "0").strip().lower() in ("1", "true", "yes")
 
 
-def identity(name: str, source: str, fingerprint: str) -> str:
-    """How a model is named where results record it: ``name (source, fingerprint)``."""
-    return f"{name} ({source}, {fingerprint})"
-
-
 def resolve_model(ref: str, home: str | Path, *, use_hub: bool | None = None) -> ResolvedModel:
     """Resolve a model reference (catalog name, local path or HF id) to a local folder.
 
