@@ -177,8 +177,10 @@ def _flop_counter_check(encoder, texts: list[str], prompt: str | None, batch_siz
 
 
 def run_encode_bf16(texts: list[str], model_path: str | Path, *, batch_size: int = 64, window: float = 0.25,
-                    prompt: str | None = "document") -> tuple[list[Row], dict]:
-    """bf16 against fp32 encoding of one model on the same texts; see the module docstring."""
+                    prompt: str | None = "document", probe_n: int = 2048) -> tuple[list[Row], dict]:
+    """bf16 against fp32 encoding of one model on the same texts; see the module docstring. ``probe_n``: the
+    size of the ``torch.mm`` ceiling probe (tests shrink it: one 2048² bf16 mm takes seconds where the CPU
+    emulates bf16)."""
     import torch
 
     from mimo_pipeline.encoder import SentenceEncoder
@@ -192,7 +194,7 @@ def run_encode_bf16(texts: list[str], model_path: str | Path, *, batch_size: int
     shapes = padded_batches(enc["fp32"], texts, prompt, batch_size)
     flops = encoder_forward_flops(enc["fp32"].model.config, shapes)
     counter_ratio = _flop_counter_check(enc["bf16"], texts, prompt, batch_size)
-    probes = {p: MatmulProbe(2048, dtype) for p, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+    probes = {p: MatmulProbe(probe_n, dtype) for p, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
     baton = Baton(["bf16", "fp32", "probe"], alternate=True)
 
     def probe_windows() -> dict[str, list[float]]:
@@ -217,15 +219,15 @@ def run_encode_bf16(texts: list[str], model_path: str | Path, *, batch_size: int
     gflops = {k: flops / seconds[k] / 1e9 for k in seconds}
     peak = {k: median(out["probe"][k]) for k in probes}
     log(f"encode_bf16: bf16 {n / seconds['bf16']:.1f} rows/s, fp32 {n / seconds['fp32']:.1f} rows/s; "
-        f"matmul 2048² bf16 {[round(r) for r in out['probe']['bf16']]}, fp32 "
+        f"matmul {probe_n}² bf16 {[round(r) for r in out['probe']['bf16']]}, fp32 "
         f"{[round(r) for r in out['probe']['fp32']]} GFLOP/s")
     rows = [
         Row("encode_bf16", "rows_per_s", n / seconds["bf16"], n / seconds["fp32"],
             "ours = SentenceEncoder bf16 weights, peer = fp32; same texts and batches"),
         Row("encode_bf16", "achieved_gflops", gflops["bf16"], gflops["fp32"], "forward matmul FLOPs, padded"),
         Row("encode_bf16", "fraction_of_peak", gflops["bf16"] / peak["bf16"], gflops["fp32"] / peak["fp32"],
-            f"of torch.mm 2048² ceiling: {peak['bf16']:.0f} bf16, {peak['fp32']:.0f} fp32 GFLOP/s"),
-        Row("encode_bf16", "matmul_gflops", peak["bf16"], peak["fp32"], "torch.mm 2048², bf16 / fp32"),
+            f"of torch.mm {probe_n}² ceiling: {peak['bf16']:.0f} bf16, {peak['fp32']:.0f} fp32 GFLOP/s"),
+        Row("encode_bf16", "matmul_gflops", peak["bf16"], peak["fp32"], f"torch.mm {probe_n}², bf16 / fp32"),
     ]
     details = {"texts": n, "batch_size": batch_size, "prompt": prompt, "batches": shapes,
                "padded_tokens": int(sum(r * t for r, t in shapes)), "forward_gflop": flops / 1e9,

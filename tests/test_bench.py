@@ -200,7 +200,8 @@ def test_encoder_forward_flops_closed_form_and_flop_counter(tiny_encoder):
 def test_encode_bf16_bench_rows_on_a_tiny_model(tiny_model):
     from bench.encode_bench import run_encode_bf16
 
-    rows, details = run_encode_bf16(_texts(24, seed=7), tiny_model, batch_size=8, window=0.01, prompt="query")
+    rows, details = run_encode_bf16(_texts(24, seed=7), tiny_model, batch_size=8, window=0.01, prompt="query",
+                                    probe_n=256)
     by = {r.metric: r for r in rows}
     assert set(by) == {"rows_per_s", "achieved_gflops", "fraction_of_peak", "matmul_gflops"}
     assert {r.bench for r in rows} == {"encode_bf16"} <= set(BENCHES)
