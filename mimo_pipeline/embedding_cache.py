@@ -180,10 +180,11 @@ class _FillLock:
     def acquire(self) -> None:
         if self._held is not None:
             return
-        self._held = contextlib.ExitStack()
-        waited = self._held.enter_context(file_lock(
+        held = contextlib.ExitStack()
+        waited = held.enter_context(file_lock(
             self.cache.dir / FILL_LOCK, waiting=f"cache {self.cache.dir}: another process is filling it; waiting "
                                                 "for it, then encoding only what it left missing"))
+        self._held = held  # only once taken: an interrupted wait leaves nothing that looks held
         if waited is not None:
             log.info("cache %s: the other process is done after %.1fs", self.cache.dir, waited)
         self.cache.refresh()  # whether or not we waited: a fill that ended just now is on disk

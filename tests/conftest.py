@@ -125,3 +125,20 @@ def build_tiny_bert(d: Path, sentences, *, dropout: float = 0.1, seed: int = 0) 
     write_sentence_transformers_files(d, PoolingSpec(dim=32, mode="mean", max_seq_length=64,
                                                      prompts={"query": "query: ", "document": "passage: "}))
     return d
+
+
+def cached_teacher(folder: Path, texts=None, vectors=None, *, dim: int | None = None):
+    """A `TeacherEmbeddings` over a cache in ``folder`` (fingerprint ``tinyteacher``) with no teacher model
+    behind it (an empty path: nothing can run one), as training reads it; ``texts``' ``vectors`` are put first."""
+    import numpy as np
+
+    from mimo_pipeline.embedding_cache import CacheReport, EmbeddingCache, text_key
+    from mimo_pipeline.teacher import TeacherEmbeddings
+
+    dim = dim if vectors is None else np.asarray(vectors).shape[1]
+    cache = EmbeddingCache(folder, "tinyteacher", dim=dim)
+    n = 0 if texts is None else len(texts)
+    if n:
+        cache.put([text_key(t) for t in texts], np.asarray(vectors, dtype=np.float32))
+    return TeacherEmbeddings(str(folder), "tiny", "", "tinyteacher", dim, False,
+                             CacheReport(str(cache.dir), "tinyteacher", dim, n, n, 0, 0.0, n, 0))

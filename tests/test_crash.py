@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import build_tiny_bert
+from tests.conftest import build_tiny_bert, cached_teacher
 from tests.test_training import EN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,12 +218,8 @@ def stage_setup(root: Path) -> None:
     """What the training asset's library call reads: a student folder, a teacher cache and a pairs file."""
     import pyarrow as pa
 
-    from mimo_pipeline.embedding_cache import EmbeddingCache, text_key
-
     tiny_model_dir(root / "student")
-    cache = EmbeddingCache(root / "teacher", "tinyteacher", dim=TEACHER_DIM)
-    cache.put([text_key(t) for t in EN], np.random.default_rng(0).normal(size=(len(EN), TEACHER_DIM))
-              .astype(np.float32))
+    cached_teacher(root / "teacher", EN, np.random.default_rng(0).normal(size=(len(EN), TEACHER_DIM)))
     (root / "pairs").mkdir()
     n = len(EN)
     pq.write_table(pa.table({"q_a": X, "p_b": [EN[(i + 1) % n] for i in range(n)], "q_en": EN,
@@ -236,16 +232,13 @@ def run_stage2(root: str, models_dir: str, sleep_s: float = 0.0):
     with dropout on and a trainer checkpoint every 2 steps; ``sleep_s`` per step makes it killable."""
     import torch
 
-    from mimo_pipeline.embedding_cache import CacheReport
     from mimo_pipeline.stages import StageConfig, train_stage2
     from mimo_pipeline.student import ModelCheckpoint
-    from mimo_pipeline.teacher import TeacherEmbeddings
     from mimo_pipeline.trainer import TrainConfig
 
     torch.set_num_threads(1)
     root = Path(root)
-    teacher = TeacherEmbeddings(str(root / "teacher"), "tiny", "", "tinyteacher", TEACHER_DIM, False,
-                                CacheReport(str(root / "teacher"), "tinyteacher", TEACHER_DIM, 0, 0, 0, 0.0, 0, 0))
+    teacher = cached_teacher(root / "teacher", dim=TEACHER_DIM)
     init = ModelCheckpoint("base_student", str(root / "student"), "tinystudent", "tiny", 32,
                            {"query": "query: ", "document": "passage: "})
     train = TrainConfig(steps=STEPS, batch_size=4, mini_batch_size=2, lr=1e-3, max_length=32, seed=0, device="cpu",

@@ -11,7 +11,7 @@ from mimo_pipeline.losses import (CachedLakdaLoss, CachedMimoLoss, contrastive_l
                                   lakda_loss, make_projection, mimo_loss, stage1_loss)
 from mimo_pipeline.trainer import LOSS_PARAMS_FILE, TrainConfig, fit, latest_complete_checkpoint, load_student
 
-from tests.conftest import build_tiny_bert
+from tests.conftest import build_tiny_bert, cached_teacher
 
 torch.set_num_threads(1)
 
@@ -364,18 +364,13 @@ def test_one_prompt_convention_across_stages(model_dir, tmp_path, monkeypatch):
     """Stage 1 fits W (least squares) and trains on the student's query inputs, the inputs Stage 2's
     anchors and evaluation's queries get: the prompt is the student's own "query" prompt throughout."""
     from mimo_pipeline import encoder, stages
-    from mimo_pipeline.embedding_cache import CacheReport, EmbeddingCache, text_key
     from mimo_pipeline.stages import STAGE1_PROMPT, StageConfig, train_stage1, train_stage2
     from mimo_pipeline.student import ModelCheckpoint
-    from mimo_pipeline.teacher import TeacherEmbeddings
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    cache = EmbeddingCache(tmp_path / "teacher", "tinyteacher", dim=TEACHER_DIM)
-    cache.put([text_key(t) for t in EN], T_Q)
-    teacher = TeacherEmbeddings(str(tmp_path / "teacher"), "tiny", "", "tinyteacher", TEACHER_DIM, False,
-                                CacheReport(str(cache.dir), "tinyteacher", TEACHER_DIM, 16, 16, 0, 0.0, 16, 0))
+    teacher = cached_teacher(tmp_path / "teacher", EN, T_Q)
     init = ModelCheckpoint("base_student", str(model_dir), "tinystudent", "tiny", 32,
                            {"query": "query: ", "document": "passage: "})
     pairs = tmp_path / "pairs" / "pairs.parquet"
