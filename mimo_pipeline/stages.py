@@ -39,8 +39,8 @@ import pyarrow.parquet as pq
 
 from .errors import MimoInputError
 from .fileio import atomic_dir, file_lock, sha256_file, write_json
-from .losses import (ALPHA, DISTILL_KINDS, LAMBDA, CachedLakdaLoss, CachedMimoLoss, contrastive_loss,
-                     fit_least_squares, load_projection, make_projection, save_projection, stage1_loss)
+from .losses import (ALPHA, DISTILL_KINDS, LAMBDA, contrastive_loss, fit_least_squares, load_projection,
+                     make_projection, save_projection, stage1_loss)
 from .pairs import read_pairs
 from .student import ModelCheckpoint
 from .teacher import TeacherEmbeddings
@@ -407,6 +407,8 @@ def train_stage2(init: ModelCheckpoint, init_projection: str | None, pairs_path:
     """Stage 2 (``mimo``): λ·cross-lingual InfoNCE + (1−λ)·distillation, from Stage 1 and its ``W``."""
     from datasets import Dataset
 
+    from . import cached_losses  # imports sentence-transformers: only when training
+
     t = cfg.train
     if init_projection:  # checked before any teacher vector is read or any model loaded
         projection = load_projection(init_projection)
@@ -430,7 +432,8 @@ def train_stage2(init: ModelCheckpoint, init_projection: str | None, pairs_path:
                       f"through Stage 1's W, gradient-cached", "data": f"retrieval pairs `{pairs_path}`",
             **(card or {})}
     return _run(name, init, fp, models_dir, cfg,
-                lambda m: CachedMimoLoss(m, projection, lam=cfg.lam, kind=cfg.distill, mini_batch_size=t.chunk),
+                lambda m: cached_losses.CachedMimoLoss(m, projection, lam=cfg.lam, kind=cfg.distill,
+                                                       mini_batch_size=t.chunk),
                 dataset, {"anchor": _prompt(init, "query"), "positive": _prompt(init, "document")}, on_log,
                 p1_corpus=p1_corpus, card=card)
 
@@ -439,6 +442,8 @@ def train_baseline(name: str, init: ModelCheckpoint, pairs_path: str | Path, cfg
                    models_dir: str | Path, *, on_log=None, p1_corpus=None, card: dict | None = None) -> TrainedModel:
     """A teacher-free baseline on the Stage-2 pairs: ``infonce``, ``xlco`` or ``lakda``."""
     from datasets import Dataset
+
+    from . import cached_losses  # imports sentence-transformers: only when training
 
     if name not in BASELINES:
         raise MimoInputError(f"unknown baseline {name!r}; use one of {BASELINES}", source="baseline")
@@ -452,7 +457,7 @@ def train_baseline(name: str, init: ModelCheckpoint, pairs_path: str | Path, cfg
     dataset = Dataset.from_dict({col: [r[key] for r in used] for col, key in columns.items()})
     build = {"infonce": lambda m: contrastive_loss(m, mini_batch_size=t.chunk),
              "xlco": lambda m: contrastive_loss(m, mini_batch_size=t.chunk),
-             "lakda": lambda m: CachedLakdaLoss(m, alpha=cfg.alpha, mini_batch_size=t.chunk)}[name]
+             "lakda": lambda m: cached_losses.CachedLakdaLoss(m, alpha=cfg.alpha, mini_batch_size=t.chunk)}[name]
     recipe = {"infonce": "in-batch InfoNCE on same-language pairs (CachedMultipleNegativesRankingLoss)",
               "xlco": "cross-lingual InfoNCE (CachedMultipleNegativesRankingLoss)",
               "lakda": f"LaKDA: {1 - cfg.alpha:g}·DPR + {cfg.alpha:g}·KL, passage language drawn independently"}
