@@ -40,10 +40,13 @@ embedder under its own key in ``models`` and its own rows (``seed`` column).
 
 from __future__ import annotations
 
+import functools
 import gc
+import hashlib
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Protocol, Sequence
 
@@ -52,6 +55,7 @@ import numpy as np
 from .benchmarks import Benchmark, is_dev_benchmark
 from .embedding_cache import EmbeddingCache, fill_cache, text_key
 from .errors import MimoInputError
+from .fileio import atomic_path
 from .losses import LAMBDA
 from .metrics import evaluated_queries, ir_metrics, mean_metrics, mrc_at_k, own_language_share, peer_per_query
 from .retrieval import l2_normalize, run_from_search, search
@@ -330,6 +334,63 @@ def score_benchmark(embedder: Embedder, bench: Benchmark, cache_root: str | Path
     return BenchmarkScores(rows, topics)
 
 
+#: The modules whose code decides a (model, benchmark) pair's figures. Their source is part of the
+#: key of `cached_scores`, so an edited metric scores again instead of reading stale figures.
+SCORING_MODULES = ("evaluation", "metrics", "retrieval", "stats")
+
+
+@functools.cache
+def _scoring_code() -> str:
+    digest = hashlib.sha256()
+    for name in SCORING_MODULES:
+        digest.update((Path(__file__).parent / f"{name}.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def benchmark_fingerprint(bench: Benchmark) -> str:
+    """A hash of everything a benchmark holds (documents, queries, qrels, languages, groups)."""
+    blob = json.dumps([bench.name, bench.task, bench.corpus, bench.queries, bench.qrels, bench.exclude_own_group],
+                      sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cached_scores(embedder: Embedder, bench: Benchmark, cache_root: str | Path, config: EvalConfig = EvalConfig(),
+                  *, seed: int | None = None, counter: dict | None = None,
+                  bench_fingerprint: str | None = None) -> BenchmarkScores:
+    """`score_benchmark` through a result file: a re-run that changes nothing reads the rows and
+    topic scores instead of searching, scoring and bootstrapping again.
+
+    The file, ``<cache_root>/<vectors' fingerprint>/scores/<key>.json``, is keyed by what decides
+    the figures: the model's name, its vectors' fingerprint (checkpoint and precision), the
+    training seed, the benchmark's content (`benchmark_fingerprint`), the config (but
+    ``batch_size``, which changes no figure) and the scoring code (`SCORING_MODULES`). JSON
+    floats read back bit for bit; the file is written atomically; one that cannot be read is
+    scored again (with a WARNING).
+    """
+    key = hashlib.sha256(json.dumps({
+        "model": embedder.name, "vectors": embedder.fingerprint, "seed": seed,
+        "benchmark": bench_fingerprint or benchmark_fingerprint(bench), "code": _scoring_code(),
+        "config": {k: v for k, v in asdict(config).items() if k != "batch_size"}}, sort_keys=True).encode())
+    path = Path(cache_root) / embedder.fingerprint / "scores" / f"{key.hexdigest()[:24]}.json"
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            topics = {m: TopicScores(tuple(t["topics"]), np.array(t["values"], np.float64),
+                                     np.array(t["sizes"], np.float64)) for m, t in data["topics"].items()}
+            log.info("%s on %s: figures of an earlier run with the same vectors and benchmark (%s)", embedder.name,
+                     bench.name, path.name)
+            return BenchmarkScores(data["rows"], topics)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cannot read %s (%s): scoring %s on %s again", path, exc, embedder.name, bench.name)
+    scored = score_benchmark(embedder, bench, cache_root, config, seed=seed, counter=counter)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps({
+            "rows": scored.rows,
+            "topics": {m: {"topics": list(t.topics), "values": np.asarray(t.values, np.float64).tolist(),
+                           "sizes": np.asarray(t.sizes, np.float64).tolist()} for m, t in scored.topics.items()}}))
+    return scored
+
+
 #: Key of per-topic scores: (model, seed, benchmark, metric), query_lang ``all``.
 TopicKey = tuple  # (str, int | None, str, str)
 
@@ -394,13 +455,15 @@ def evaluate_models(
     loads: dict[str, int] = {}
     seeds = dict(seeds or {})
     benches = [benchmark_set.load(name) for name in benchmark_set.names]
+    fingerprints = {b.name: benchmark_fingerprint(b) for b in benches}
     for key, embedder in models.items():
         allowed = set(only[key]) if only and key in only else None
         seed = seeds.get(key, seeds.get(embedder.name, getattr(embedder, "training_seed", None)))
         counter: dict = {}
         for bench in benches:
             if allowed is None or bench.name in allowed:
-                scored = score_benchmark(embedder, bench, cache_root, config, seed=seed, counter=counter)
+                scored = cached_scores(embedder, bench, cache_root, config, seed=seed, counter=counter,
+                                       bench_fingerprint=fingerprints[bench.name])
                 rows.extend(scored.rows)
                 tasks[bench.name] = bench.task
                 topics.update({(embedder.name, seed, bench.name, metric): ts for metric, ts in scored.topics.items()})

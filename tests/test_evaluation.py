@@ -432,3 +432,52 @@ def test_comparison_table_leaves_out_dev_benchmarks_and_ranks_own_lang_lowest_be
     assert table == [["mimo", "**0.3000**", "**0.2000**"], ["xlco", "0.2000", "0.5000"]]
     _, dev = comparison_table(EvalResult(rows, (), ("mimo", "xlco"), 0.0), dev=True)
     assert dev == [["mimo", "**0.9000**"], ["xlco", ""]]
+
+
+def _noisy(name, fingerprint, bias=0.0):
+    embedder = NoisyEmbedder(name, 0.3, bias)
+    embedder.fingerprint = fingerprint
+    return embedder
+
+
+def test_a_rerun_reads_the_figures_of_the_same_vectors_and_benchmark(tmp_path, monkeypatch):
+    """evaluate_models keeps each (model, benchmark)'s figures: a re-run with the same vectors and
+    benchmark reads them bit for bit and neither searches nor bootstraps; a changed qrel, seed,
+    config or vectors' fingerprint scores again."""
+    import mimo_pipeline.evaluation as ev
+
+    bench_set = AllBenches()
+    first = ev.evaluate_models({"mimo": _noisy("mimo", "fp-m"), "xlco": _noisy("xlco", "fp-x", 2.0)},
+                               bench_set, tmp_path, seeds={"mimo": 13, "xlco": 13})
+    scored = []
+    real = ev.score_benchmark
+    monkeypatch.setattr(ev, "score_benchmark", 
+                        lambda e, b, *a, **k: scored.append((e.name, b.name)) or real(e, b, *a, **k))
+    again = ev.evaluate_models({"mimo": _noisy("mimo", "fp-m"), "xlco": _noisy("xlco", "fp-x", 2.0)},
+                               bench_set, tmp_path, seeds={"mimo": 13, "xlco": 13})
+    assert scored == []
+    assert again.rows == first.rows and again.compare == first.compare
+    assert again.topic_scores.keys() == first.topic_scores.keys()
+    for key, ts in first.topic_scores.items():
+        got = again.topic_scores[key]
+        assert got.topics == ts.topics and np.array_equal(got.values, ts.values) and np.array_equal(got.sizes, ts.sizes)
+
+    changed = AllBenches()
+    qid = next(iter(changed.benches["mlir"].qrels))
+    changed.benches["mlir"].qrels[qid] = dict(list(changed.benches["mlir"].qrels[qid].items())[:1])
+    ev.evaluate_models({"mimo": _noisy("mimo", "fp-m")}, changed, tmp_path, seeds={"mimo": 13})
+    assert scored == [("mimo", "mlir")]  # only the benchmark that changed
+    ev.evaluate_models({"mimo": _noisy("mimo", "fp-m")}, bench_set, tmp_path, seeds={"mimo": 14})
+    ev.evaluate_models({"mimo": _noisy("mimo", "fp-m2")}, bench_set, tmp_path, seeds={"mimo": 13})
+    ev.evaluate_models({"mimo": _noisy("mimo", "fp-m")}, bench_set, tmp_path, EvalConfig(own_k=5),
+                       seeds={"mimo": 13})
+    assert len(scored) == 1 + 3 * len(bench_set.names)
+    ev.evaluate_models({"mimo": _noisy("mimo", "fp-m")}, bench_set, tmp_path, EvalConfig(batch_size=7),
+                       seeds={"mimo": 13})
+    assert len(scored) == 1 + 3 * len(bench_set.names)  # the batch size changes no figure
+
+    for f in (tmp_path / "fp-m" / "scores").glob("*.json"):  # a damaged file is scored again
+        f.write_text("{not json")
+    with_damage = ev.evaluate_models({"mimo": _noisy("mimo", "fp-m")}, bench_set, tmp_path, seeds={"mimo": 13})
+    assert len(scored) == 1 + 4 * len(bench_set.names)
+    assert [r for r in with_damage.rows] == [r for r in first.rows if r["model"] == "mimo"]
