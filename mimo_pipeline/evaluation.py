@@ -334,17 +334,53 @@ def score_benchmark(embedder: Embedder, bench: Benchmark, cache_root: str | Path
     return BenchmarkScores(rows, topics)
 
 
-#: The modules whose code decides a (model, benchmark) pair's figures. Their source is part of the
-#: key of `cached_scores`, so an edited metric scores again instead of reading stale figures.
+#: The modules whose code decides a (model, benchmark) pair's figures, and a model's A–U figures.
+#: Their source is part of the key of the result files (`_result_file`), so an edited metric
+#: scores again instead of reading stale figures.
 SCORING_MODULES = ("evaluation", "metrics", "retrieval", "stats")
+AU_MODULES = ("evaluation", "analysis")
 
 
 @functools.cache
-def _scoring_code() -> str:
+def _code_fingerprint(modules: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
-    for name in SCORING_MODULES:
+    for name in modules:
         digest.update((Path(__file__).parent / f"{name}.py").read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _result_file(cache_root: str | Path, embedder: Embedder, kind: str, **key) -> Path:
+    """``<cache_root>/<vectors' fingerprint>/<kind>/<hash of key>.json``: figures computed from one
+    model's cached vectors, kept beside them so that a re-run that changes nothing reads them."""
+    digest = hashlib.sha256(json.dumps({"vectors": embedder.fingerprint, **key}, sort_keys=True).encode())
+    return Path(cache_root) / embedder.fingerprint / kind / f"{digest.hexdigest()[:24]}.json"
+
+
+def _read_result(path: Path, what: str) -> dict | None:
+    """A result file's content; None when absent, or unreadable (a WARNING: it is computed again)."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s (%s): computing %s again", path, exc, what)
+        return None
+    log.info("%s: figures of an earlier run with the same vectors (%s)", what, path.name)
+    return data
+
+
+def _write_result(path: Path, data: dict) -> None:
+    with atomic_path(path) as tmp:  # JSON floats read back bit for bit
+        Path(tmp).write_text(json.dumps(data))
+
+
+def _topic_json(ts: TopicScores) -> dict:
+    return {"topics": list(ts.topics), "values": np.asarray(ts.values, np.float64).tolist(),
+            "sizes": np.asarray(ts.sizes, np.float64).tolist()}
+
+
+def _topic_scores(data: dict) -> TopicScores:
+    return TopicScores(tuple(data["topics"]), np.array(data["values"], np.float64), np.array(data["sizes"], np.float64))
 
 
 def benchmark_fingerprint(bench: Benchmark) -> str:
@@ -360,34 +396,24 @@ def cached_scores(embedder: Embedder, bench: Benchmark, cache_root: str | Path, 
     """`score_benchmark` through a result file: a re-run that changes nothing reads the rows and
     topic scores instead of searching, scoring and bootstrapping again.
 
-    The file, ``<cache_root>/<vectors' fingerprint>/scores/<key>.json``, is keyed by what decides
-    the figures: the model's name, its vectors' fingerprint (checkpoint and precision), the
-    training seed, the benchmark's content (`benchmark_fingerprint`), the config (but
-    ``batch_size``, which changes no figure) and the scoring code (`SCORING_MODULES`). JSON
-    floats read back bit for bit; the file is written atomically; one that cannot be read is
-    scored again (with a WARNING).
+    The file (`_result_file`, kind ``scores``) is keyed by what decides the figures: the
+    model's name, its vectors' fingerprint (checkpoint and precision), the training seed, the
+    benchmark's content (`benchmark_fingerprint`), the config (but ``batch_size``, which
+    changes no figure) and the scoring code (`SCORING_MODULES`). It is written atomically; one
+    that cannot be read is scored again (with a WARNING).
     """
-    key = hashlib.sha256(json.dumps({
-        "model": embedder.name, "vectors": embedder.fingerprint, "seed": seed,
-        "benchmark": bench_fingerprint or benchmark_fingerprint(bench), "code": _scoring_code(),
-        "config": {k: v for k, v in asdict(config).items() if k != "batch_size"}}, sort_keys=True).encode())
-    path = Path(cache_root) / embedder.fingerprint / "scores" / f"{key.hexdigest()[:24]}.json"
-    if path.exists():
+    path = _result_file(cache_root, embedder, "scores", name=embedder.name, seed=seed,
+                        benchmark=bench_fingerprint or benchmark_fingerprint(bench),
+                        code=_code_fingerprint(SCORING_MODULES),
+                        config={k: v for k, v in asdict(config).items() if k != "batch_size"})
+    kept = _read_result(path, f"{embedder.name} on {bench.name}")
+    if kept is not None:
         try:
-            data = json.loads(path.read_text())
-            topics = {m: TopicScores(tuple(t["topics"]), np.array(t["values"], np.float64),
-                                     np.array(t["sizes"], np.float64)) for m, t in data["topics"].items()}
-            log.info("%s on %s: figures of an earlier run with the same vectors and benchmark (%s)", embedder.name,
-                     bench.name, path.name)
-            return BenchmarkScores(data["rows"], topics)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("cannot read %s (%s): scoring %s on %s again", path, exc, embedder.name, bench.name)
+            return BenchmarkScores(kept["rows"], {m: _topic_scores(t) for m, t in kept["topics"].items()})
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("%s holds no figures (%s): scoring %s on %s again", path, exc, embedder.name, bench.name)
     scored = score_benchmark(embedder, bench, cache_root, config, seed=seed, counter=counter)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps({
-            "rows": scored.rows,
-            "topics": {m: {"topics": list(t.topics), "values": np.asarray(t.values, np.float64).tolist(),
-                           "sizes": np.asarray(t.sizes, np.float64).tolist()} for m, t in scored.topics.items()}}))
+    _write_result(path, {"rows": scored.rows, "topics": {m: _topic_json(t) for m, t in scored.topics.items()}})
     return scored
 
 
@@ -736,7 +762,21 @@ def alignment_uniformity(
     counts = resample_counts(len(groups), n_resamples, stats_seed)
     au_models: list[AUModel] = []
     encoded, loads = 0, 0
+    texts_fp = hashlib.sha256(json.dumps([langs, [[by_group[g][lang] for lang in langs] for g in groups]],
+                                         ensure_ascii=False).encode()).hexdigest()[:16]
     for key, embedder in models.items():
+        seed = seeds.get(key, seeds.get(embedder.name))
+        # a re-run with the same vectors, verses and resamples reads the figures (`_result_file`)
+        path = _result_file(cache_root, embedder, "au", name=embedder.name, texts=texts_fp, n_resamples=n_resamples,
+                            stats_seed=stats_seed, code=_code_fingerprint(AU_MODULES))
+        kept = _read_result(path, f"A–U of {embedder.name}")
+        if kept is not None:
+            try:
+                au_models.append(AUModel(embedder.name, seed, kept["table"], _topic_scores(kept["alignment_topics"]),
+                                         {k: np.array(v, np.float64) for k, v in kept["replicates"].items()}))
+                continue
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                log.warning("%s holds no A–U figures (%s): computing them again", path, exc)
         counter: dict = {}
         before = getattr(embedder, "loads", 0)
         vecs = {lang: encode_cached(embedder, [by_group[g][lang] for g in groups], "document", cache_root, counter)
@@ -747,9 +787,13 @@ def alignment_uniformity(
             log.warning("A–U encoded %d texts for %s: the evaluation's cached vectors were not all there (another "
                         "precision?)", counter["encoded"], key)
         per_verse = alignment_by_row(vecs)
-        au_models.append(AUModel(
-            embedder.name, seeds.get(key, seeds.get(embedder.name)), au_table(vecs, pivot="en"),
-            TopicScores(tuple(groups), per_verse, np.ones(len(groups))), uniformity_replicates(vecs, counts)))
+        model = AUModel(embedder.name, seed, au_table(vecs, pivot="en"),
+                        TopicScores(tuple(groups), per_verse, np.ones(len(groups))),
+                        uniformity_replicates(vecs, counts))
+        _write_result(path, {"table": model.table, "alignment_topics": _topic_json(model.alignment_topics),
+                             "replicates": {k: np.asarray(v, np.float64).tolist()
+                                            for k, v in model.replicates.items()}})
+        au_models.append(model)
         if callable(getattr(embedder, "release", None)):
             embedder.release()
     rows = au_rows(au_models)

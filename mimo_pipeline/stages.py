@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import losses
 from .errors import MimoInputError
 from .fileio import atomic_dir, file_lock, sha256_file, write_json
 from .losses import (ALPHA, DISTILL_KINDS, LAMBDA, contrastive_loss, fit_least_squares, load_projection,
@@ -405,10 +406,6 @@ def train_stage2(init: ModelCheckpoint, init_projection: str | None, pairs_path:
                  teacher: TeacherEmbeddings, cfg: StageConfig, models_dir: str | Path, *, name: str = "mimo",
                  on_log=None, p1_corpus=None, card: dict | None = None) -> TrainedModel:
     """Stage 2 (``mimo``): λ·cross-lingual InfoNCE + (1−λ)·distillation, from Stage 1 and its ``W``."""
-    from datasets import Dataset
-
-    from . import cached_losses  # imports sentence-transformers: only when training
-
     t = cfg.train
     if init_projection:  # checked before any teacher vector is read or any model loaded
         projection = load_projection(init_projection)
@@ -423,6 +420,8 @@ def train_stage2(init: ModelCheckpoint, init_projection: str | None, pairs_path:
     fp = checkpoint_fingerprint(name, init, pairs_path, cfg, teacher)
     dataset = None
     if not checkpoint_ready(models_dir, name, fp):
+        from datasets import Dataset
+
         needed = list(dict.fromkeys([r["q_en"] for r in used] + [r["p_en"] for r in used]))
         vec_of = dict(zip(needed, teacher.vectors(needed)))
         dataset = Dataset.from_dict({
@@ -432,8 +431,7 @@ def train_stage2(init: ModelCheckpoint, init_projection: str | None, pairs_path:
                       f"through Stage 1's W, gradient-cached", "data": f"retrieval pairs `{pairs_path}`",
             **(card or {})}
     return _run(name, init, fp, models_dir, cfg,
-                lambda m: cached_losses.CachedMimoLoss(m, projection, lam=cfg.lam, kind=cfg.distill,
-                                                       mini_batch_size=t.chunk),
+                lambda m: losses.CachedMimoLoss(m, projection, lam=cfg.lam, kind=cfg.distill, mini_batch_size=t.chunk),
                 dataset, {"anchor": _prompt(init, "query"), "positive": _prompt(init, "document")}, on_log,
                 p1_corpus=p1_corpus, card=card)
 
@@ -441,23 +439,22 @@ def train_stage2(init: ModelCheckpoint, init_projection: str | None, pairs_path:
 def train_baseline(name: str, init: ModelCheckpoint, pairs_path: str | Path, cfg: StageConfig,
                    models_dir: str | Path, *, on_log=None, p1_corpus=None, card: dict | None = None) -> TrainedModel:
     """A teacher-free baseline on the Stage-2 pairs: ``infonce``, ``xlco`` or ``lakda``."""
-    from datasets import Dataset
-
-    from . import cached_losses  # imports sentence-transformers: only when training
-
     if name not in BASELINES:
         raise MimoInputError(f"unknown baseline {name!r}; use one of {BASELINES}", source="baseline")
     t = cfg.train
     used = _pairs_order(pairs_path, cfg)
     fp = checkpoint_fingerprint(name, init, pairs_path, cfg)
-    checkpoint_ready(models_dir, name, fp)  # a damaged checkpoint is moved aside and retrained
     columns = {"infonce": {"anchor": "q_a", "positive": "p_a"},  # same-language pairs
                "xlco": {"anchor": "q_a", "positive": "p_b"},
                "lakda": {"anchor": "q_a", "positive": "p_c", "anchor_b": "q_b"}}[name]
-    dataset = Dataset.from_dict({col: [r[key] for r in used] for col, key in columns.items()})
+    dataset = None
+    if not checkpoint_ready(models_dir, name, fp):  # a damaged checkpoint is moved aside and retrained
+        from datasets import Dataset
+
+        dataset = Dataset.from_dict({col: [r[key] for r in used] for col, key in columns.items()})
     build = {"infonce": lambda m: contrastive_loss(m, mini_batch_size=t.chunk),
              "xlco": lambda m: contrastive_loss(m, mini_batch_size=t.chunk),
-             "lakda": lambda m: cached_losses.CachedLakdaLoss(m, alpha=cfg.alpha, mini_batch_size=t.chunk)}[name]
+             "lakda": lambda m: losses.CachedLakdaLoss(m, alpha=cfg.alpha, mini_batch_size=t.chunk)}[name]
     recipe = {"infonce": "in-batch InfoNCE on same-language pairs (CachedMultipleNegativesRankingLoss)",
               "xlco": "cross-lingual InfoNCE (CachedMultipleNegativesRankingLoss)",
               "lakda": f"LaKDA: {1 - cfg.alpha:g}·DPR + {cfg.alpha:g}·KL, passage language drawn independently"}

@@ -481,3 +481,30 @@ def test_a_rerun_reads_the_figures_of_the_same_vectors_and_benchmark(tmp_path, m
     with_damage = ev.evaluate_models({"mimo": _noisy("mimo", "fp-m")}, bench_set, tmp_path, seeds={"mimo": 13})
     assert len(scored) == 1 + 4 * len(bench_set.names)
     assert [r for r in with_damage.rows] == [r for r in first.rows if r["model"] == "mimo"]
+
+
+def test_a_rerun_reads_the_alignment_uniformity_figures_of_the_same_vectors(tmp_path, monkeypatch):
+    """A–U keeps each model's figures beside its vectors: a re-run on the same verses reads them
+    (no au_table, no bootstrap), with the seed it is given; other verses or a damaged file compute."""
+    import mimo_pipeline.analysis as analysis
+    from mimo_pipeline.evaluation import alignment_uniformity
+
+    b = benches()["mlir"]
+    models = lambda: {"mimo": TextCounter("mimo", "fp-m"), "xlco": TextCounter("xlco", "fp-x", bias=2.0)}  # noqa: E731
+    first = alignment_uniformity(models(), b, tmp_path / "c", tmp_path / "p", seeds={"mimo": 13})
+    computed = []
+    real = analysis.au_table
+    monkeypatch.setattr(analysis, "au_table", lambda vecs, **k: computed.append(1) or real(vecs, **k))
+    again = alignment_uniformity(models(), b, tmp_path / "c", tmp_path / "p", seeds={"mimo": 14})
+    assert computed == [] and again.texts_encoded == 0
+    assert again.rows == first.rows
+    assert [(m.name, m.seed) for m in again.models] == [("mimo", 14), ("xlco", None)]
+    for new, old in zip(again.models, first.models):
+        assert new.table == old.table and np.array_equal(new.alignment_topics.values, old.alignment_topics.values)
+        assert all(np.array_equal(new.replicates[k], old.replicates[k], equal_nan=True) for k in old.replicates)
+    alignment_uniformity(models(), b, tmp_path / "c", tmp_path / "p", max_verses=15)
+    assert len(computed) == 2  # other verses: both models computed
+    for f in (tmp_path / "c" / "fp-m" / "au").glob("*.json"):
+        f.write_text("[]")
+    alignment_uniformity(models(), b, tmp_path / "c", tmp_path / "p")
+    assert len(computed) == 3  # the damaged file's model only
