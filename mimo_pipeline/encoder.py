@@ -19,8 +19,11 @@ is ``fp32`` (today's vectors, bit for bit); the pipeline's assets pass the profi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,6 +48,45 @@ def pool(token_vectors: torch.Tensor, attention_mask: torch.Tensor, mode: str = 
     raise ValueError(f"unknown pooling mode {mode!r}")
 
 
+#: Tokenizers loaded in this process, by `tokenizer_key`: every checkpoint trained from one student
+#: carries the same tokenizer files, and loading multilingual-e5-small's (a 17 MB tokenizer.json)
+#: takes 2.7 s, so an evaluation of eleven checkpoints, or a training asset probing four, loads it
+#: once. Encoding passes ``max_length`` on every call and changes no tokenizer state, so sharing
+#: one object between encoders is safe. At most `_MAX_TOKENIZERS` stay loaded.
+_TOKENIZERS: OrderedDict[str, object] = OrderedDict()
+_MAX_TOKENIZERS = 4
+_TOKENIZER_FILE_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens", "vocab", "merges", "sentencepiece",
+                            "spiece")
+
+
+def tokenizer_key(folder: str | Path) -> str:
+    """SHA-256 over the names and bytes of a model folder's tokenizer files (and its config's
+    ``model_type``, which can pick the tokenizer class): equal keys load equal tokenizers."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and (f.name.startswith(_TOKENIZER_FILE_PREFIXES) or f.suffix == ".model"):
+            digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    config = folder / "config.json"
+    if config.exists():
+        digest.update(str(json.loads(config.read_text()).get("model_type")).encode())
+    return digest.hexdigest()
+
+
+def load_tokenizer(folder: str | Path):
+    """``AutoTokenizer.from_pretrained(folder)``, shared with every folder of the same tokenizer files."""
+    from transformers import AutoTokenizer
+
+    key = tokenizer_key(folder)
+    tok = _TOKENIZERS.get(key)
+    if tok is None:
+        tok = _TOKENIZERS[key] = AutoTokenizer.from_pretrained(folder)
+        while len(_TOKENIZERS) > _MAX_TOKENIZERS:
+            _TOKENIZERS.popitem(last=False)
+    _TOKENIZERS.move_to_end(key)
+    return tok
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -54,7 +96,7 @@ class SentenceEncoder:
 
     def __init__(self, path: str | Path, *, device: str | None = None, max_seq_length: int | None = None,
                  precision: str = "fp32"):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         self.path = Path(path)
         self.spec: PoolingSpec = read_pooling_spec(self.path)
@@ -62,7 +104,7 @@ class SentenceEncoder:
         self.device = torch.device(device or default_device())
         #: the resolved precision, "fp32" or "bf16" (part of every cache key of these vectors)
         self.precision = resolve_precision(precision, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.tokenizer = load_tokenizer(self.path)
         model = AutoModel.from_pretrained(self.path)
         self.model = model.to(self.device, dtype=torch_dtype(self.precision)).eval()
         self.forward_passes = 0  # counted so tests can prove a cache hit does no work
