@@ -52,9 +52,10 @@ def pool(token_vectors: torch.Tensor, attention_mask: torch.Tensor, mode: str = 
 #: carries the same tokenizer files, and loading multilingual-e5-small's (a 17 MB tokenizer.json)
 #: takes 2.7 s, so an evaluation of eleven checkpoints, or a training asset probing four, loads it
 #: once. Encoding passes ``max_length`` on every call and changes no tokenizer state, so sharing
-#: one object between encoders is safe. At most `_MAX_TOKENIZERS` stay loaded.
+#: one object between encoders is safe. One loaded tokenizer holds about 330 MB, so only the last
+#: one stays (`_MAX_TOKENIZERS`): the models one stage trained, probed or evaluated in a row, share it.
 _TOKENIZERS: OrderedDict[str, object] = OrderedDict()
-_MAX_TOKENIZERS = 4
+_MAX_TOKENIZERS = 1
 _TOKENIZER_FILE_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens", "vocab", "merges", "sentencepiece",
                             "spiece")
 
