@@ -282,7 +282,7 @@ def bible_tripwire(monkeypatch):
 def test_the_data_assets_on_the_readme_run_config_under_the_smoke_profile(tmp_path, monkeypatch, bible_tripwire):
     """The data half of the end-to-end run, in seconds: the README's run config (paths swapped)
     through parallel_corpus, retrieval_pairs and mlir_benchmarks on the smoke profile. The
-    profile's languages (de, zh) and pool sizes (100 verses) are the Bible's: a corpus of your
+    profile's languages (de, zh) and pool sizes (here 100 verses) are the Bible's: a corpus of your
     own keeps its own languages (de, fr) unless `languages` says otherwise, and its smaller eval
     split (60 sentences) makes the whole translation pool, with a note. Nothing reads the Bible."""
     from dagster import materialize, mem_io_manager
@@ -291,8 +291,16 @@ def test_the_data_assets_on_the_readme_run_config_under_the_smoke_profile(tmp_pa
     from assets.evaluation import mlir_benchmarks
     from resources import MimoSettings
 
+    from dataclasses import replace
+
+    from mimo_pipeline import settings
+
     monkeypatch.setenv("MIMO_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MIMO_PROFILE", "smoke")
+    # a profile pool of 100 verses, above the corpus' 60 eval sentences (the smoke profile's 50 are below)
+    smoke = settings.PROFILES["smoke"]
+    monkeypatch.setitem(settings.PROFILES, "smoke",
+                        replace(smoke, benchmarks=replace(smoke.benchmarks, pool_verses=100)))
     data = write_user_data(tmp_path / "in")
     run_config = user_run_config(data)
     res = materialize([parallel_corpus, retrieval_pairs, mlir_benchmarks], run_config=run_config,
