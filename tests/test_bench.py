@@ -222,3 +222,19 @@ def test_pipeline_seconds_per_asset_from_the_event_log(smoke):
     assert {"teacher_embeddings", "stage1_checkpoint", "stage2_checkpoint", "baseline_checkpoints",
             "mlir_eval"} <= set(seconds)
     assert all(s >= 0 for s in seconds.values()) and run_id
+
+
+def test_topics_bench_counts_query_and_target_verses_and_each_text_once():
+    from bench.topics import distinct_texts, needed_verses
+    from mimo_pipeline.benchmarks import BenchmarkConfig, build_bible_benchmarks
+
+    langs = ["en", "de"]
+    verses = {f"40.1.{i}": {lang: f"{lang} verse {i}" for lang in langs} for i in range(1, 31)}
+    refs = [("40.1.1", "40.1.2"), ("40.1.1", "40.1.3"), ("40.1.4", "40.1.3"), ("40.1.5", "40.1.6")]
+    benches = build_bible_benchmarks(verses, refs, langs, BenchmarkConfig(query_verses=3, pool_verses=12,
+                                                                          translation_queries=2))
+    assert needed_verses(benches[0]) == 6  # 1, 4, 5 and their targets 2, 3, 6
+    # mlir, monolingual-en/de and translation share one pool of 12 verses x 2 languages; queries: 3 verses
+    # x 2 languages with the query prompt, plus the translation queries' texts
+    translation_q = {q["text"] for q in benches[-1].queries.values()}
+    assert distinct_texts(benches) == 24 + len({q["text"] for q in benches[0].queries.values()} | translation_q)
