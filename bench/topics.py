@@ -53,7 +53,8 @@ def main(argv=None) -> None:
         for split, prefix, share in (("eval", "", 1), ("dev", "dev-", DEV_SHARE)):
             verses, q = splits[split], -(-topics // share)
             langs = sorted({lang for v in verses.values() for lang in v})
-            every = build_bible_benchmarks(verses, refs, langs, BenchmarkConfig(query_verses=q, pool_verses=len(verses)),
+            every = build_bible_benchmarks(verses, refs, langs,
+                                           BenchmarkConfig(query_verses=q, pool_verses=len(verses)),
                                            prefix=prefix, split=split)
             need = needed_verses(every[0])
             # test: as many distractors as query and target verses; dev: a quarter of that pool (the default's rule)
