@@ -365,7 +365,7 @@ def _read_result(path: Path, what: str) -> dict | None:
     except (OSError, ValueError) as exc:
         log.warning("cannot read %s (%s): computing %s again", path, exc, what)
         return None
-    log.info("%s: figures of an earlier run with the same vectors (%s)", what, path.name)
+    log.debug("%s: figures of an earlier run with the same vectors (%s)", what, path.name)
     return data
 
 
@@ -400,7 +400,8 @@ def cached_scores(embedder: Embedder, bench: Benchmark, cache_root: str | Path, 
     model's name, its vectors' fingerprint (checkpoint and precision), the training seed, the
     benchmark's content (`benchmark_fingerprint`), the config (but ``batch_size``, which
     changes no figure) and the scoring code (`SCORING_MODULES`). It is written atomically; one
-    that cannot be read is scored again (with a WARNING).
+    that cannot be read is scored again (with a WARNING). ``counter`` counts ``kept`` (figures
+    read from a file) besides `encode_cached`'s texts and encodings.
     """
     path = _result_file(cache_root, embedder, "scores", name=embedder.name, seed=seed,
                         benchmark=bench_fingerprint or benchmark_fingerprint(bench),
@@ -409,7 +410,10 @@ def cached_scores(embedder: Embedder, bench: Benchmark, cache_root: str | Path, 
     kept = _read_result(path, f"{embedder.name} on {bench.name}")
     if kept is not None:
         try:
-            return BenchmarkScores(kept["rows"], {m: _topic_scores(t) for m, t in kept["topics"].items()})
+            scored = BenchmarkScores(kept["rows"], {m: _topic_scores(t) for m, t in kept["topics"].items()})
+            if counter is not None:
+                counter["kept"] = counter.get("kept", 0) + 1
+            return scored
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("%s holds no figures (%s): scoring %s on %s again", path, exc, embedder.name, bench.name)
     scored = score_benchmark(embedder, bench, cache_root, config, seed=seed, counter=counter)
@@ -426,8 +430,9 @@ class EvalResult:
     """What mlir_eval hands on: every figure (eval_metrics rows without run id), the
     per-topic scores behind the intervals (``(model, seed, benchmark, metric)`` ->
     `TopicScores`, query_lang ``all``) and the comparisons against the reference
-    (eval_compare rows without run id, see `compare_models`). ``encoded`` and ``loads``:
-    per key of the models given, texts encoded (cache misses) and weight loads."""
+    (eval_compare rows without run id, see `compare_models`). ``encoded``, ``loads`` and
+    ``kept``: per key of the models given, texts encoded (cache misses), weight loads and
+    benchmarks whose figures were read from an earlier run's result file (`cached_scores`)."""
 
     rows: tuple[dict, ...]
     benchmarks: tuple[str, ...]
@@ -437,6 +442,7 @@ class EvalResult:
     compare: tuple[dict, ...] = ()
     encoded: Mapping[str, int] = field(default_factory=dict)
     loads: Mapping[str, int] = field(default_factory=dict)
+    kept: Mapping[str, int] = field(default_factory=dict)
 
     def value(self, model: str, benchmark: str, metric: str, query_lang: str = "all",
               seed: int | None = None) -> float | None:
@@ -479,6 +485,7 @@ def evaluate_models(
     tasks: dict[str, str] = {}
     encoded: dict[str, int] = {}
     loads: dict[str, int] = {}
+    kept: dict[str, int] = {}
     seeds = dict(seeds or {})
     benches = [benchmark_set.load(name) for name in benchmark_set.names]
     fingerprints = {b.name: benchmark_fingerprint(b) for b in benches}
@@ -495,8 +502,9 @@ def evaluate_models(
                 topics.update({(embedder.name, seed, bench.name, metric): ts for metric, ts in scored.topics.items()})
         encoded[key] = counter.get("encoded", 0)
         loads[key] = getattr(embedder, "loads", 0)
-        log.info("%s: %d distinct texts, %d encoded, weights loaded %d time(s)", key, counter.get("texts", 0),
-                 encoded[key], loads[key])
+        kept[key] = counter.get("kept", 0)
+        log.info("%s: %d distinct texts, %d encoded, weights loaded %d time(s), figures of %d benchmark(s) kept from "
+                 "an earlier run", key, counter.get("texts", 0), encoded[key], loads[key], kept[key])
         if callable(getattr(embedder, "release", None)):
             embedder.release()
             gc.collect()
@@ -504,7 +512,7 @@ def evaluate_models(
         if any(e.name == reference for e in models.values()) else []
     names = tuple(dict.fromkeys(e.name for e in models.values()))
     return EvalResult(tuple(rows), tuple(b.name for b in benches), names, time.perf_counter() - t0,
-                      topics, tuple(compare), encoded, loads)
+                      topics, tuple(compare), encoded, loads, kept)
 
 
 def _seed(x) -> int | None:
@@ -774,6 +782,7 @@ def alignment_uniformity(
             try:
                 au_models.append(AUModel(embedder.name, seed, kept["table"], _topic_scores(kept["alignment_topics"]),
                                          {k: np.array(v, np.float64) for k, v in kept["replicates"].items()}))
+                log.info("A–U of %s: the figures an earlier run computed from the same vectors", key)
                 continue
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 log.warning("%s holds no A–U figures (%s): computing them again", path, exc)

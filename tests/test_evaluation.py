@@ -456,6 +456,7 @@ def test_a_rerun_reads_the_figures_of_the_same_vectors_and_benchmark(tmp_path, m
     again = ev.evaluate_models({"mimo": _noisy("mimo", "fp-m"), "xlco": _noisy("xlco", "fp-x", 2.0)},
                                bench_set, tmp_path, seeds={"mimo": 13, "xlco": 13})
     assert scored == []
+    assert first.kept == {"mimo": 0, "xlco": 0} and again.kept == {"mimo": 5, "xlco": 5}
     assert again.rows == first.rows and again.compare == first.compare
     assert again.topic_scores.keys() == first.topic_scores.keys()
     for key, ts in first.topic_scores.items():
