@@ -7,7 +7,8 @@ modules at the end wrap them for `sentence_transformers.SentenceTransformerTrain
 (``forward(sentence_features, labels)``), usable by any sentence-transformers user:
 
 - Stage 1 is sentence-transformers' own `EmbedDistillLoss` (see `stage1_loss`);
-- `CachedMimoLoss`, `CachedLakdaLoss`: gradient-cached through sentence-transformers'
+- `CachedMimoLoss`, `CachedLakdaLoss` (defined in `cached_losses`, imported from here on first
+  use): gradient-cached through sentence-transformers'
   `CachedLossMixin` (GradCache), so a step of ``B`` rows has ``B − 1`` in-batch negatives
   whatever ``mini_batch_size`` bounds the memory; the ``infonce``/``xlco`` baselines use
   sentence-transformers' `CachedMultipleNegativesRankingLoss` (same formula as `info_nce`).

@@ -302,3 +302,18 @@ def test_the_readme_loss_example_trains_on_the_stock_trainer(tmp_path, monkeypat
     moved = [k for k, v in trained.state_dict().items() if not torch.equal(v.cpu(), untouched.state_dict()[k])]
     assert moved, "the example's training step changed no weight"
     assert space["SentenceTransformerTrainer"].__module__.startswith("sentence_transformers.")  # the stock one
+
+
+def test_the_dagster_definitions_import_without_sentence_transformers():
+    """Every Dagster process (a run, the UI's code server, a sensor tick) imports the definitions;
+    sentence-transformers (3–4 s) is imported only by what trains. The gradient-cached losses still
+    import from `losses`."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mimo_pipeline.definitions, mimo_pipeline.losses as losses\n"
+            "assert 'sentence_transformers' not in sys.modules, 'imported sentence_transformers'\n"
+            "assert losses.CachedMimoLoss.__module__ == 'mimo_pipeline.cached_losses'\n"
+            "assert 'sentence_transformers' in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
