@@ -44,12 +44,13 @@ from .fileio import atomic_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
-#: Files whose bytes define a model: weights and tokenizer.
-FINGERPRINT_PATTERNS = (
-    "*.safetensors", "pytorch_model*.bin", "tokenizer.json", "tokenizer_config.json",
-    "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "special_tokens_map.json",
-    "merges.txt", "vocab.json",
+#: A model folder's tokenizer files.
+TOKENIZER_PATTERNS = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model",
+    "special_tokens_map.json", "merges.txt", "vocab.json",
 )
+#: Files whose bytes define a model: weights and tokenizer.
+FINGERPRINT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", *TOKENIZER_PATTERNS)
 
 #: Files fetched from the hub for a model reference (no ONNX/TF/flax copies).
 HUB_PATTERNS = [

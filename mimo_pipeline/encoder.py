@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -48,26 +47,26 @@ def pool(token_vectors: torch.Tensor, attention_mask: torch.Tensor, mode: str = 
     raise ValueError(f"unknown pooling mode {mode!r}")
 
 
-#: Tokenizers loaded in this process, by `tokenizer_key`: every checkpoint trained from one student
-#: carries the same tokenizer files, and loading multilingual-e5-small's (a 17 MB tokenizer.json)
-#: takes 2.7 s, so an evaluation of eleven checkpoints, or a training asset probing four, loads it
-#: once. Encoding passes ``max_length`` on every call and changes no tokenizer state, so sharing
-#: one object between encoders is safe. One loaded tokenizer holds about 330 MB, so only the last
-#: one stays (`_MAX_TOKENIZERS`): the models one stage trained, probed or evaluated in a row, share it.
-_TOKENIZERS: OrderedDict[str, object] = OrderedDict()
-_MAX_TOKENIZERS = 1
-_TOKENIZER_FILE_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens", "vocab", "merges", "sentencepiece",
-                            "spiece")
+#: The tokenizer loaded last in this process, with its `tokenizer_key`: every checkpoint trained
+#: from one student carries the same tokenizer files, and loading multilingual-e5-small's (a 17 MB
+#: tokenizer.json) takes 2.7 s, so an evaluation of eleven checkpoints, or a training asset probing
+#: four, loads it once per run of checkpoints that share it. Encoding passes ``max_length`` on every
+#: call and changes no tokenizer state, so sharing one object between encoders is safe. One loaded
+#: tokenizer holds about 330 MB, so only the last one is kept.
+_LAST_TOKENIZER: tuple[str, object] | None = None
 
 
 def tokenizer_key(folder: str | Path) -> str:
-    """SHA-256 over the names and bytes of a model folder's tokenizer files (and its config's
-    ``model_type``, which can pick the tokenizer class): equal keys load equal tokenizers."""
+    """SHA-256 over the names and bytes of a model folder's tokenizer files
+    (`catalog.TOKENIZER_PATTERNS`) and its config's ``model_type``, which can pick the tokenizer
+    class: equal keys load equal tokenizers."""
+    from .catalog import TOKENIZER_PATTERNS
+    from .fileio import sha256_file
+
     folder = Path(folder)
     digest = hashlib.sha256()
-    for f in sorted(folder.iterdir()):
-        if f.is_file() and (f.name.startswith(_TOKENIZER_FILE_PREFIXES) or f.suffix == ".model"):
-            digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for f in sorted({f for pattern in TOKENIZER_PATTERNS for f in folder.glob(pattern) if f.is_file()}):
+        digest.update(f.name.encode() + b"\0" + sha256_file(f).encode() + b"\n")
     config = folder / "config.json"
     if config.exists():
         digest.update(str(json.loads(config.read_text()).get("model_type")).encode())
@@ -75,17 +74,15 @@ def tokenizer_key(folder: str | Path) -> str:
 
 
 def load_tokenizer(folder: str | Path):
-    """``AutoTokenizer.from_pretrained(folder)``, shared with every folder of the same tokenizer files."""
+    """``AutoTokenizer.from_pretrained(folder)``, or the last tokenizer loaded when its files are the same."""
+    global _LAST_TOKENIZER
     from transformers import AutoTokenizer
 
     key = tokenizer_key(folder)
-    tok = _TOKENIZERS.get(key)
-    if tok is None:
-        tok = _TOKENIZERS[key] = AutoTokenizer.from_pretrained(folder)
-        while len(_TOKENIZERS) > _MAX_TOKENIZERS:
-            _TOKENIZERS.popitem(last=False)
-    _TOKENIZERS.move_to_end(key)
-    return tok
+    if _LAST_TOKENIZER is None or _LAST_TOKENIZER[0] != key:
+        _LAST_TOKENIZER = None  # the old one goes before the new one loads
+        _LAST_TOKENIZER = (key, AutoTokenizer.from_pretrained(folder))
+    return _LAST_TOKENIZER[1]
 
 
 def default_device() -> str:
