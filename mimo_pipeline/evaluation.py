@@ -48,7 +48,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -349,24 +349,30 @@ def _code_fingerprint(modules: tuple[str, ...]) -> str:
     return digest.hexdigest()[:16]
 
 
+def _digest(obj) -> str:
+    """SHA-256 (hex) of ``obj`` as canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
 def _result_file(cache_root: str | Path, embedder: Embedder, kind: str, **key) -> Path:
     """``<cache_root>/<vectors' fingerprint>/<kind>/<hash of key>.json``: figures computed from one
     model's cached vectors, kept beside them so that a re-run that changes nothing reads them."""
-    digest = hashlib.sha256(json.dumps({"vectors": embedder.fingerprint, **key}, sort_keys=True).encode())
-    return Path(cache_root) / embedder.fingerprint / kind / f"{digest.hexdigest()[:24]}.json"
+    name = _digest({"vectors": embedder.fingerprint, **key})[:24]
+    return Path(cache_root) / embedder.fingerprint / kind / f"{name}.json"
 
 
-def _read_result(path: Path, what: str) -> dict | None:
-    """A result file's content; None when absent, or unreadable (a WARNING: it is computed again)."""
+def _read_result(path: Path, what: str, decode: Callable[[dict], Any]) -> Any | None:
+    """``decode`` of a result file's content; None when the file is absent, or unreadable or not what
+    ``decode`` expects (a WARNING: it is computed again)."""
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        value = decode(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("cannot read %s (%s): computing %s again", path, exc, what)
         return None
     log.debug("%s: figures of an earlier run with the same vectors (%s)", what, path.name)
-    return data
+    return value
 
 
 def _write_result(path: Path, data: dict) -> None:
@@ -385,9 +391,7 @@ def _topic_scores(data: dict) -> TopicScores:
 
 def benchmark_fingerprint(bench: Benchmark) -> str:
     """A hash of everything a benchmark holds (documents, queries, qrels, languages, groups)."""
-    blob = json.dumps([bench.name, bench.task, bench.corpus, bench.queries, bench.qrels, bench.exclude_own_group],
-                      sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return _digest([bench.name, bench.task, bench.corpus, bench.queries, bench.qrels, bench.exclude_own_group])[:16]
 
 
 def cached_scores(embedder: Embedder, bench: Benchmark, cache_root: str | Path, config: EvalConfig = EvalConfig(),
@@ -407,15 +411,12 @@ def cached_scores(embedder: Embedder, bench: Benchmark, cache_root: str | Path, 
                         benchmark=bench_fingerprint or benchmark_fingerprint(bench),
                         code=_code_fingerprint(SCORING_MODULES),
                         config={k: v for k, v in asdict(config).items() if k != "batch_size"})
-    kept = _read_result(path, f"{embedder.name} on {bench.name}")
+    kept = _read_result(path, f"{embedder.name} on {bench.name}", lambda data: BenchmarkScores(
+        data["rows"], {m: _topic_scores(t) for m, t in data["topics"].items()}))
     if kept is not None:
-        try:
-            scored = BenchmarkScores(kept["rows"], {m: _topic_scores(t) for m, t in kept["topics"].items()})
-            if counter is not None:
-                counter["kept"] = counter.get("kept", 0) + 1
-            return scored
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("%s holds no figures (%s): scoring %s on %s again", path, exc, embedder.name, bench.name)
+        if counter is not None:
+            counter["kept"] = counter.get("kept", 0) + 1
+        return kept
     scored = score_benchmark(embedder, bench, cache_root, config, seed=seed, counter=counter)
     _write_result(path, {"rows": scored.rows, "topics": {m: _topic_json(t) for m, t in scored.topics.items()}})
     return scored
@@ -770,22 +771,19 @@ def alignment_uniformity(
     counts = resample_counts(len(groups), n_resamples, stats_seed)
     au_models: list[AUModel] = []
     encoded, loads = 0, 0
-    texts_fp = hashlib.sha256(json.dumps([langs, [[by_group[g][lang] for lang in langs] for g in groups]],
-                                         ensure_ascii=False).encode()).hexdigest()[:16]
+    texts_fp = _digest([langs, [[by_group[g][lang] for lang in langs] for g in groups]])[:16]
     for key, embedder in models.items():
         seed = seeds.get(key, seeds.get(embedder.name))
         # a re-run with the same vectors, verses and resamples reads the figures (`_result_file`)
         path = _result_file(cache_root, embedder, "au", name=embedder.name, texts=texts_fp, n_resamples=n_resamples,
                             stats_seed=stats_seed, code=_code_fingerprint(AU_MODULES))
-        kept = _read_result(path, f"A–U of {embedder.name}")
+        kept = _read_result(path, f"A–U of {embedder.name}", lambda data: AUModel(
+            embedder.name, seed, data["table"], _topic_scores(data["alignment_topics"]),
+            {k: np.array(v, np.float64) for k, v in data["replicates"].items()}))
         if kept is not None:
-            try:
-                au_models.append(AUModel(embedder.name, seed, kept["table"], _topic_scores(kept["alignment_topics"]),
-                                         {k: np.array(v, np.float64) for k, v in kept["replicates"].items()}))
-                log.info("A–U of %s: the figures an earlier run computed from the same vectors", key)
-                continue
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                log.warning("%s holds no A–U figures (%s): computing them again", path, exc)
+            au_models.append(kept)
+            log.info("A–U of %s: the figures an earlier run computed from the same vectors", key)
+            continue
         counter: dict = {}
         before = getattr(embedder, "loads", 0)
         vecs = {lang: encode_cached(embedder, [by_group[g][lang] for g in groups], "document", cache_root, counter)
