@@ -11,6 +11,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_unchanged(request):
+    """A test that changes torch's thread count fails: the tests after it in this process (the
+    in-process end-to-end runs among them) would run on the wrong number of cores. Set it in a
+    fixture that gives it back (tests/test_training.py's `one_thread`)."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and before is not None and torch.get_num_threads() != before:
+        after = torch.get_num_threads()
+        torch.set_num_threads(before)
+        pytest.fail(f"{request.node.nodeid} left torch on {after} threads (was {before})")
+
+
 @pytest.fixture(scope="session")
 def packaged_home(tmp_path_factory) -> Path:
     """A MIMO_HOME shared by the tests that need the real packaged models (converted once)."""

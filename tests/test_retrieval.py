@@ -78,9 +78,13 @@ def test_bad_arguments():
 def test_threads_follow_omp_num_threads(monkeypatch):
     import faiss
 
+    before = faiss.omp_get_max_threads()  # one OpenMP runtime: torch's thread count too
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    search(np.ones((1, 2)), np.ones((2, 2)), 1)
-    assert faiss.omp_get_max_threads() == 1
+    try:
+        search(np.ones((1, 2)), np.ones((2, 2)), 1)
+        assert faiss.omp_get_max_threads() == 1
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def test_run_from_search():

@@ -13,7 +13,17 @@ from mimo_pipeline.trainer import LOSS_PARAMS_FILE, TrainConfig, fit, latest_com
 
 from tests.conftest import build_tiny_bert, cached_teacher
 
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread for these tiny models (waking a second costs more than a tiny op),
+    given back afterwards: the end-to-end tests that run in this process need both cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 EN = ["in the beginning god created the heaven and the earth",
       "and the earth was without form and void",
