@@ -14,7 +14,6 @@ from mimo_pipeline.trainer import LOSS_PARAMS_FILE, TrainConfig, fit, latest_com
 from tests.conftest import build_tiny_bert, cached_teacher
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """One torch thread for these tiny models (waking a second costs more than a tiny op),
