@@ -1,5 +1,6 @@
 """Shared fixtures: a session MIMO_HOME where the packaged models are converted once."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -11,11 +12,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None = None):
+    """torch on ``n`` threads (None: as it is) inside the block, and on its own count again after it,
+    whatever the block set."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def torch_threads_unchanged(request):
     """A test that changes torch's thread count fails: the tests after it in this process (the
-    in-process end-to-end runs among them) would run on the wrong number of cores. Set it in a
-    fixture that gives it back (tests/test_training.py's `one_thread`)."""
+    in-process end-to-end runs among them) would run on the wrong number of cores. Change it
+    inside `torch_threads`, which gives it back."""
     torch = sys.modules.get("torch")
     before = torch.get_num_threads() if torch is not None else None
     yield

@@ -18,6 +18,8 @@ from mimo_pipeline.checkpoint import PoolingSpec, write_sentence_transformers_fi
 from mimo_pipeline.encoder import SentenceEncoder
 from mimo_pipeline.storage import ResultsDB
 
+from tests.conftest import torch_threads
+
 
 def test_search_bench_writes_rows_with_ratio_ours_over_peer(tmp_path):
     home = tmp_path / "home"
@@ -128,10 +130,8 @@ def _texts(n: int, seed: int = 0) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_encoder(tiny_model):
     # one thread: on busy shared cores, waking a second one costs more than a tiny op
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield SentenceEncoder(tiny_model, device="cpu")
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield SentenceEncoder(tiny_model, device="cpu")
 
 
 def test_length_sorted_batches_equal_one_by_one_encoding(tiny_encoder):

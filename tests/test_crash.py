@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import build_tiny_bert, cached_teacher
+from tests.conftest import build_tiny_bert, cached_teacher, torch_threads
 from tests.test_training import EN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,11 +159,8 @@ def test_training_killed_mid_run_resumes_to_the_uninterrupted_weights(model_dir,
     victim = _spawn_training(model_dir, work, tmp_path / "killed.pt", 0.3, tmp_path / "killed.log", go_kill)
     resumer = _spawn_training(model_dir, work, tmp_path / "resumed.pt", 0.0, tmp_path / "resumed.log", go_resume)
     try:
-        threads = torch.get_num_threads()
-        try:
+        with torch_threads():  # run_training sets one thread
             full, want = run_training(str(model_dir), str(tmp_path / "uninterrupted"))
-        finally:
-            torch.set_num_threads(threads)
         assert full.steps == STEPS and full.resumed_from_step == 0
 
         go_kill.touch()
@@ -196,11 +193,8 @@ def test_a_half_written_trainer_checkpoint_is_swept_on_resume(model_dir, tmp_pat
     state of the last step is never written: the finished model is, by the caller.)"""
     import shutil
 
-    import torch
-
     work = tmp_path / "work"
-    threads = torch.get_num_threads()
-    try:
+    with torch_threads():  # run_training sets one thread
         run_training(str(model_dir), str(work))
         last = STEPS - CHECKPOINT_EVERY
         assert _complete_step(work) == last and not (work / f"checkpoint-{STEPS}").exists()
@@ -208,8 +202,6 @@ def test_a_half_written_trainer_checkpoint_is_swept_on_resume(model_dir, tmp_pat
         shutil.copytree(work / f"checkpoint-{last}", half)
         (half / "trainer_state.json").unlink()
         result, _ = run_training(str(model_dir), str(work))
-    finally:
-        torch.set_num_threads(threads)
     assert result.resumed_from_step == last
     assert not half.exists() and _tmp_files(work) == []
 
@@ -278,11 +270,8 @@ def test_a_killed_stage2_asset_call_resumes_to_the_uninterrupted_checkpoint(tmp_
                                             str(sleep_s), str(tmp_path / f"go-{name}")], cwd=REPO, env=_env(),
                                            stdout=log, stderr=subprocess.STDOUT)
     try:
-        threads = torch.get_num_threads()
-        try:
+        with torch_threads():  # run_stage2 sets one thread
             full = run_stage2(str(tmp_path), str(tmp_path / "uninterrupted"))
-        finally:
-            torch.set_num_threads(threads)
         (tmp_path / "go-killed").touch()
         _kill_after_a_save(procs["killed"], tmp_path / "models", min_step=4)
         saved = _complete_step(tmp_path / "models")

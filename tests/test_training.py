@@ -11,17 +11,15 @@ from mimo_pipeline.losses import (CachedLakdaLoss, CachedMimoLoss, contrastive_l
                                   lakda_loss, make_projection, mimo_loss, stage1_loss)
 from mimo_pipeline.trainer import LOSS_PARAMS_FILE, TrainConfig, fit, latest_complete_checkpoint, load_student
 
-from tests.conftest import build_tiny_bert, cached_teacher
+from tests.conftest import build_tiny_bert, cached_teacher, torch_threads
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """One torch thread for these tiny models (waking a second costs more than a tiny op),
     given back afterwards: the end-to-end tests that run in this process need both cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 EN = ["in the beginning god created the heaven and the earth",
