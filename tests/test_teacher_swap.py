@@ -1,18 +1,44 @@
-"""Teacher swap after a full smoke run: only what depends on the teacher re-materialises.
+"""Teacher swap after a full smoke run: only what depends on the teacher re-materialises, and
+SIGKILLs during the swap lose nothing.
 
 The user's flow (README): ``MIMO_TEACHER=all-mpnet-base-v2 make swap-teacher``, i.e.
 ``dg launch --assets 'key:teacher_model+'``: observe the new teacher (its fingerprint
 becomes teacher_model's data version, so the UI marks the assets that read the teacher,
 teacher_embeddings and mlir_eval, Unsynced), then re-materialise everything downstream.
+
+Crash anywhere: the swap is SIGKILLed at three seeded points, each a seeded delay after the
+step's STEP_START line in the launch's log: during the new teacher's cache
+(`teacher_embeddings`), during training (`stage1_checkpoint`) and during evaluation
+(`mlir_eval`). The kills are chained so that each lands on work not done yet: the launch
+killed in the teacher cache is launched again and killed in Stage 1's training, that one again
+and killed in the evaluation, and the last launch must succeed. Afterwards every checkpoint row
+in DuckDB points at a folder that exists, every finished checkpoint folder has its row, and the
+last run has its evaluation and A–U rows. The swap re-runs exactly the three steps the chain
+kills, which is why the chain rides on it instead of on a smoke run of its own (make test's
+minutes).
 """
 
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, instance_of, materializations
 
 pytestmark = pytest.mark.e2e
+
+SEED = 16
+#: (step, the longest seeded delay after its STEP_START line, in seconds)
+KILL_POINTS = (("teacher_embeddings", 3.0), ("stage1_checkpoint", 6.0), ("mlir_eval", 6.0))
+#: Models whose checkpoint folders the training assets record in `checkpoints`.
+TRAINED = {"stage1", "mimo", "mimo_lambda_0", "mimo_lambda_0.5", "mimo_lambda_1", "infonce", "xlco", "lakda"}
 
 ASSETS = ("parallel_corpus", "retrieval_pairs", "mlir_benchmarks", "student_base", "teacher_embeddings",
           "stage1_checkpoint", "stage2_checkpoint", "baseline_checkpoints", "mlir_eval", "au_analysis")
@@ -24,11 +50,40 @@ DOWNSTREAM = {"teacher_embeddings", "stage1_checkpoint", "stage2_checkpoint", "m
 DIRECT = {"teacher_embeddings", "mlir_eval"}
 
 
+def _dg_launch_command(selection):
+    return [str(REPO / ".venv" / "bin" / "dg"), "launch", "--assets", selection]
+
+
 def _dg_launch(env, selection, log_path):
     with open(log_path, "w") as log:
-        proc = subprocess.run([str(REPO / ".venv" / "bin" / "dg"), "launch", "--assets", selection], cwd=REPO,
-                              env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1500)
+        proc = subprocess.run(_dg_launch_command(selection), cwd=REPO, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, timeout=1500)
     assert proc.returncode == 0, f"dg launch --assets {selection!r} failed, log: {log_path}"
+
+
+def _kill_during(env: dict, selection: str, log_path: Path, step: str, delay: float, timeout: float = 1500) -> bool:
+    """Launch ``selection``, SIGKILL its whole process group ``delay`` s after ``step`` starts; True
+    if the step was still running at the kill."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(_dg_launch_command(selection), cwd=REPO, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    started, finished = f'Started execution of step "{step}"', f'Finished execution of step "{step}"'
+    deadline = time.monotonic() + timeout
+    try:
+        while started not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None:
+                pytest.fail(f"the launch ended (rc {proc.returncode}) before step {step} started; log: {log_path}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"step {step} did not start within {timeout:.0f} s; log: {log_path}")
+            time.sleep(0.1)
+        time.sleep(delay)
+        during = proc.poll() is None and finished not in log_path.read_text(errors="replace")
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    return during
 
 
 def _stale(instance, keys):
@@ -50,11 +105,18 @@ def swapped(smoke):
     stale_before_observing = _stale(instance, ASSETS)
     _dg_launch(env, "key:teacher_model", smoke["root"] / "observe.log")
     stale_after_observing = _stale(instance_of(smoke), ASSETS)
+    rng = random.Random(SEED)
+    killed_during = {}
+    for i, (step, longest) in enumerate(KILL_POINTS):  # each launch re-runs the one killed before it
+        killed_during[step] = _kill_during(env, "key:teacher_model+", smoke["root"] / f"swap-killed{i}.log", step,
+                                           rng.uniform(0.2, longest))
     _dg_launch(env, "key:teacher_model+", smoke["root"] / "swap.log")
     instance = instance_of(smoke)
     after = {k: len(materializations(instance, k)) for k in ASSETS}
+    last_run = instance.get_runs(limit=1)[0]  # newest first: the launch that finished the swap
     return {"before": before, "after": after, "stale0": stale_before_observing, "stale1": stale_after_observing,
-            "stale2": _stale(instance, ASSETS), "smoke": smoke, "instance": instance}
+            "stale2": _stale(instance, ASSETS), "smoke": smoke, "instance": instance, "killed_during": killed_during,
+            "last_run_id": last_run.run_id, "last_run_status": last_run.status.value}
 
 
 def test_a_new_teacher_marks_its_descendants_unsynced(swapped):
@@ -92,3 +154,29 @@ def test_duckdb_holds_both_teachers_side_by_side(swapped):
     df = ResultsDB(swapped["smoke"]["home"] / "mimo.duckdb").query(query)
     assert {"all-MiniLM-L6-v2", "all-mpnet-base-v2"} <= set(df.teacher)
     assert {"mimo", "stage1"} <= set(df[df.teacher == "all-mpnet-base-v2"].model)
+
+
+def test_sigkills_at_three_points_lose_nothing(swapped):
+    """The launch after three SIGKILLs succeeded (the fixture); DuckDB and the checkpoint folders agree."""
+    from mimo_pipeline.storage import ResultsDB
+
+    # a kill that came after its step finished still tested a crash, just not the one named
+    assert any(swapped["killed_during"].values()), f"every kill missed its step: {swapped['killed_during']}"
+    home = swapped["smoke"]["home"]
+    db = ResultsDB(home / "mimo.duckdb")
+    rows = db.query("SELECT model, path, dagster_run_id FROM checkpoints")
+    assert not rows.empty
+    dangling = [p for p in rows.path if not Path(p).exists()]
+    assert dangling == [], f"checkpoint rows pointing at nothing: {dangling}"
+    recorded = {str(Path(p).resolve()) for p in rows.path}
+    finished = [d for m in TRAINED for d in (home / "models" / m).glob("*")
+                if not d.name.startswith(".") and ".corrupt-" not in d.name and (d / "modules.json").is_file()]
+    assert finished, "no finished checkpoint folder"
+    unrecorded = [str(d) for d in finished if str(d.resolve()) not in recorded]
+    assert unrecorded == [], f"finished checkpoints without their row: {unrecorded}"
+    last = db.query("SELECT dagster_run_id FROM eval_metrics ORDER BY created_at DESC LIMIT 1").dagster_run_id[0]
+    assert swapped["last_run_status"] == "SUCCESS"
+    assert last == swapped["last_run_id"], "the newest evaluation rows are not the last launch's"
+    n = db.query("SELECT count(*) AS n FROM eval_metrics WHERE dagster_run_id = ?", [last]).n[0]
+    assert n > 0
+    assert len(db.query("SELECT * FROM au_metrics WHERE dagster_run_id = ?", [last])) > 0
