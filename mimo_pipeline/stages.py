@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -270,17 +271,36 @@ def _train(name, init, fingerprint, models_dir, cfg, build_loss, dataset, prompt
             save_projection(projection, proj_path)
         with atomic_dir(dest) as tmp:
             model.save(str(tmp))
+            _keep_initial_tokenizer(init.path, tmp)
             _append_card(tmp / "README.md", name, cfg, init, card or {}, result, p1)
         write_json({"steps": result.steps, "wall_s": result.wall_s, "rows_per_s": result.rows_per_s,
                     "final_terms": result.final_terms, "history": result.history, "config": config,
                     "translation_p1": p1, "content_sha256": _folder_hashes(dest),
                     "projection_sha256": sha256_file(proj_path) if projection is not None else None}, summary_path)
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)  # the checkpoint is complete: the trainer state is spent
     return TrainedModel(ckpt, str(proj_path) if projection is not None else None, result.steps, result.wall_s,
                         result.rows_per_s, result.final_terms, result.history, result.resumed_from_step, False,
                         config, p1)
+
+
+def _keep_initial_tokenizer(init: str | Path, folder: Path) -> None:
+    """Put the initial model's tokenizer files, byte for byte, in place of the ones the trainer saved.
+
+    Training changes no token, but the trainer's save of the tokenizer records its state: the
+    training max length as a truncation, padding, the arguments it was loaded with. Left so, the
+    checkpoints of one student carry three different tokenizer files (base, trained once, trained
+    twice) and `encoder.load_tokenizer` loads the same tokenizer again for each (2.5 s for
+    multilingual-e5-small). An initial model without tokenizer files keeps the trainer's."""
+    from .catalog import TOKENIZER_PATTERNS
+
+    source = [f for f in Path(init).iterdir() if f.name in TOKENIZER_PATTERNS and f.is_file()]
+    if not source:
+        return
+    for f in folder.iterdir():
+        if f.name in TOKENIZER_PATTERNS:
+            f.unlink()
+    for f in source:
+        shutil.copyfile(f, folder / f.name)
 
 
 def _append_card(path: Path, name: str, cfg: StageConfig, init: ModelCheckpoint, card: dict, result, p1) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -397,6 +399,35 @@ def test_one_prompt_convention_across_stages(model_dir, tmp_path, monkeypatch):
     assert STAGE1_PROMPT == "query" and fitted == ["query"]  # evaluation encodes queries with prompt "query"
     assert runs["stage1"] == {"text": "query: "}
     assert runs["mimo"]["anchor"] == "query: " and runs["mimo"]["positive"] == "passage: "
+
+
+def test_a_trained_checkpoint_carries_its_initial_models_tokenizer_files(model_dir, tmp_path):
+    """Training changes no token: a checkpoint's tokenizer files are its initial model's, byte for
+    byte, not the trainer's save of them (which records the training max length as a truncation,
+    padding and load arguments). So every checkpoint of one student has one `tokenizer_key`, and
+    evaluation and the reload probes load that tokenizer once per run."""
+    from mimo_pipeline.catalog import TOKENIZER_PATTERNS
+    from mimo_pipeline.encoder import SentenceEncoder, tokenizer_key
+    from mimo_pipeline.stages import StageConfig, train_stage1
+    from mimo_pipeline.student import ModelCheckpoint
+
+    init = ModelCheckpoint("base_student", str(model_dir), "tinystudent", "tiny", 32,
+                           {"query": "query: ", "document": "passage: "})
+    teacher = cached_teacher(tmp_path / "teacher", EN + X, np.concatenate([T_Q, T_Q]))
+    trained = train_stage1(init, _corpus(tmp_path, X, EN), teacher, StageConfig(cfg(steps=1, batch_size=8)),
+                           tmp_path / "m")
+
+    def tokenizer_files(folder):
+        return {f.name: f.read_bytes() for f in Path(folder).iterdir() if f.name in TOKENIZER_PATTERNS}
+
+    ckpt = trained.checkpoint.path
+    assert tokenizer_files(ckpt) == tokenizer_files(model_dir) != {}
+    assert tokenizer_key(ckpt) == tokenizer_key(model_dir)
+    ids = SentenceEncoder(ckpt).tokenizer(X[:2], padding=True, truncation=True, max_length=64)["input_ids"]
+    from transformers import AutoTokenizer
+
+    assert ids == AutoTokenizer.from_pretrained(model_dir)(X[:2], padding=True, truncation=True,
+                                                           max_length=64)["input_ids"]
 
 
 def test_stage1_gate_verdicts_and_what_they_tell_the_user_to_change():
