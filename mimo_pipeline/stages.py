@@ -290,10 +290,12 @@ def _keep_initial_tokenizer(init: str | Path, folder: Path) -> None:
     training max length as a truncation, padding, the arguments it was loaded with. Left so, the
     checkpoints of one student carry three different tokenizer files (base, trained once, trained
     twice) and `encoder.load_tokenizer` loads the same tokenizer again for each (2.5 s for
-    multilingual-e5-small). An initial model without tokenizer files keeps the trainer's."""
+    multilingual-e5-small). An initial model without tokenizer files (or not a local folder) keeps
+    the trainer's."""
     from .catalog import TOKENIZER_PATTERNS
 
-    source = [f for f in Path(init).iterdir() if f.name in TOKENIZER_PATTERNS and f.is_file()]
+    init = Path(init)
+    source = [f for f in init.iterdir() if f.name in TOKENIZER_PATTERNS and f.is_file()] if init.is_dir() else []
     if not source:
         return
     for f in folder.iterdir():

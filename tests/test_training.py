@@ -430,6 +430,22 @@ def test_a_trained_checkpoint_carries_its_initial_models_tokenizer_files(model_d
                                                            max_length=64)["input_ids"]
 
 
+def test_without_tokenizer_files_to_copy_the_trainers_stay(tmp_path):
+    from mimo_pipeline.stages import _keep_initial_tokenizer
+
+    folder, init = tmp_path / "ckpt", tmp_path / "init"
+    folder.mkdir()
+    init.mkdir()
+    (folder / "tokenizer.json").write_text("trainer's")
+    (init / "config.json").write_text("{}")
+    for source in (init, tmp_path / "not-a-folder"):
+        _keep_initial_tokenizer(source, folder)
+        assert (folder / "tokenizer.json").read_text() == "trainer's"
+    (init / "tokenizer_config.json").write_text("initial")
+    _keep_initial_tokenizer(init, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["tokenizer_config.json"]
+
+
 def test_stage1_gate_verdicts_and_what_they_tell_the_user_to_change():
     """The blocking gate before Stage 2: finite loss terms, and held-out P@1 within the margin."""
     from mimo_pipeline.stages import TrainedModel, stage1_gate
