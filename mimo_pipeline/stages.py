@@ -254,6 +254,8 @@ def _train(name, init, fingerprint, models_dir, cfg, build_loss, dataset, prompt
     if dataset is None:
         raise MimoInputError(f"{name}: no training rows were laid out (the checkpoint {dest} vanished while "
                              "this run started); re-run the asset", source=str(dest))
+    if distributed_world()[0] == 0:  # the rank that writes
+        _remove_dead_writes(dest)
     model = load_student(init.path, cfg.train)
     loss = build_loss(model)
     t = cfg.train
@@ -272,6 +274,7 @@ def _train(name, init, fingerprint, models_dir, cfg, build_loss, dataset, prompt
         with atomic_dir(dest) as tmp:
             model.save(str(tmp))
             _keep_initial_tokenizer(init.path, tmp)
+            _keep_initial_max_seq_length(init.path, tmp)
             _append_card(tmp / "README.md", name, cfg, init, card or {}, result, p1)
         write_json({"steps": result.steps, "wall_s": result.wall_s, "rows_per_s": result.rows_per_s,
                     "final_terms": result.final_terms, "history": result.history, "config": config,
@@ -281,6 +284,18 @@ def _train(name, init, fingerprint, models_dir, cfg, build_loss, dataset, prompt
     return TrainedModel(ckpt, str(proj_path) if projection is not None else None, result.steps, result.wall_s,
                         result.rows_per_s, result.final_terms, result.history, result.resumed_from_step, False,
                         config, p1)
+
+
+def _remove_dead_writes(dest: Path) -> None:
+    """Remove the temporary files and folders of this fingerprint (``.<fingerprint>.*.tmp``: the
+    checkpoint folder, its projection, its summary) that a killed process left half-written: under
+    the training lock no live process writes them, and a checkpoint folder is the model's size."""
+    for stale in sorted(dest.parent.glob(f".{dest.name}.*.tmp")):
+        log.warning("%s: removing %s, left half-written by a run that was killed", dest.parent.name, stale.name)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def _keep_initial_tokenizer(init: str | Path, folder: Path) -> None:
@@ -303,6 +318,24 @@ def _keep_initial_tokenizer(init: str | Path, folder: Path) -> None:
             f.unlink()
     for f in source:
         shutil.copyfile(f, folder / f.name)
+
+
+def _keep_initial_max_seq_length(init: str | Path, folder: Path) -> None:
+    """Write the initial model's input limit into the checkpoint's ``sentence_bert_config.json``.
+
+    sentence-transformers no longer saves ``max_seq_length`` there; the limit it then reloads is
+    the tokenizer's ``model_max_length``, the initial model's since `_keep_initial_tokenizer`. For
+    a student whose own limit is below that (one with ``max_seq_length: 128`` and a tokenizer of
+    512), its checkpoints would load, and be evaluated (`checkpoint.read_pooling_spec`), at another
+    limit than the student. Training's ``max_length`` is a training setting, not the model's."""
+    from .checkpoint import read_pooling_spec
+
+    config = folder / "sentence_bert_config.json"
+    if not config.is_file() or not Path(init).is_dir():
+        return
+    data = json.loads(config.read_text())
+    data["max_seq_length"] = read_pooling_spec(init).max_seq_length
+    write_json(data, config)
 
 
 def _append_card(path: Path, name: str, cfg: StageConfig, init: ModelCheckpoint, card: dict, result, p1) -> None:

@@ -109,7 +109,14 @@ def smoke(tmp_path_factory, repo_env):
             sys.stderr.write((root / f"run{i}.log").read_text()[-6000:])
         assert rc == 0, f"run {i} of full_mimo ({commands[i]}) failed, log: {root / f'run{i}.log'}"
     return {"root": root, "env": env, "home": root / "home", "seconds": [s for _, s in runs],
-            "commands": commands}
+            "commands": commands, "half_written": half_written(root / "home")}
+
+
+def half_written(home: Path) -> list[Path]:
+    """Temporary files and trainer work folders under ``home``: none may outlive a run that
+    finished. Taken right after the smoke runs, so that the teacher swap's SIGKILLs (which may
+    leave some, for the next run to resume or replace) do not depend on test order."""
+    return [p for p in home.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".work-")]
 
 
 def instance_of(smoke):

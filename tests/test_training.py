@@ -401,16 +401,27 @@ def test_one_prompt_convention_across_stages(model_dir, tmp_path, monkeypatch):
     assert runs["mimo"]["anchor"] == "query: " and runs["mimo"]["positive"] == "passage: "
 
 
-def test_a_trained_checkpoint_carries_its_initial_models_tokenizer_files(model_dir, tmp_path):
+def test_a_trained_checkpoint_carries_its_initial_models_tokenizer_files(tmp_path):
     """Training changes no token: a checkpoint's tokenizer files are its initial model's, byte for
     byte, not the trainer's save of them (which records the training max length as a truncation,
     padding and load arguments). So every checkpoint of one student has one `tokenizer_key`, and
-    evaluation and the reload probes load that tokenizer once per run."""
+    evaluation and the reload probes load that tokenizer once per run. Its input limit is the
+    initial model's too (48 here, below the tokenizer's 64; training's max length is 32), in
+    sentence-transformers and in our evaluation."""
+    import json
+
+    from sentence_transformers import SentenceTransformer
+
     from mimo_pipeline.catalog import TOKENIZER_PATTERNS
+    from mimo_pipeline.checkpoint import read_pooling_spec
     from mimo_pipeline.encoder import SentenceEncoder, tokenizer_key
     from mimo_pipeline.stages import StageConfig, train_stage1
     from mimo_pipeline.student import ModelCheckpoint
 
+    model_dir = build_tiny_bert(tmp_path / "init", EN + X + Y)
+    sbert = model_dir / "sentence_bert_config.json"
+    sbert.write_text(json.dumps({**json.loads(sbert.read_text()), "max_seq_length": 48}))
+    assert read_pooling_spec(model_dir).max_seq_length == 48
     init = ModelCheckpoint("base_student", str(model_dir), "tinystudent", "tiny", 32,
                            {"query": "query: ", "document": "passage: "})
     teacher = cached_teacher(tmp_path / "teacher", EN + X, np.concatenate([T_Q, T_Q]))
@@ -428,6 +439,34 @@ def test_a_trained_checkpoint_carries_its_initial_models_tokenizer_files(model_d
 
     assert ids == AutoTokenizer.from_pretrained(model_dir)(X[:2], padding=True, truncation=True,
                                                            max_length=64)["input_ids"]
+    assert read_pooling_spec(ckpt).max_seq_length == 48
+    assert SentenceTransformer(ckpt, local_files_only=True).max_seq_length == 48
+
+
+def test_a_retrain_removes_what_a_killed_write_left_of_its_fingerprint(model_dir, tmp_path):
+    """A SIGKILL while a checkpoint is written leaves its temporary folder (the model's size)
+    beside it; the next training of that fingerprint removes it, and nothing of other models."""
+    import shutil
+
+    from mimo_pipeline.stages import StageConfig, train_stage1
+    from mimo_pipeline.student import ModelCheckpoint
+
+    init = ModelCheckpoint("base_student", str(model_dir), "tinystudent", "tiny", 32,
+                           {"query": "query: ", "document": "passage: "})
+    teacher = cached_teacher(tmp_path / "teacher", EN + X, np.concatenate([T_Q, T_Q]))
+    corpus, config = _corpus(tmp_path, X, EN), StageConfig(cfg(steps=1, batch_size=8))
+    dest = Path(train_stage1(init, corpus, teacher, config, tmp_path / "m").checkpoint.path)
+    shutil.rmtree(dest)  # as if the write of the folder had been killed
+    (dest.parent / f"{dest.name}.training.json").unlink()
+    dead = [dest.parent / f".{dest.name}.k2j4.tmp", dest.parent / f".{dest.name}.training.json.x9.tmp"]
+    dead[0].mkdir()
+    (dead[0] / "model.safetensors").write_bytes(b"half")
+    dead[1].write_text("{")
+    other = dest.parent / ".0123456789abcdef.k2j4.tmp"  # another fingerprint's: not this training's to remove
+    other.mkdir()
+    again = train_stage1(init, corpus, teacher, config, tmp_path / "m")
+    assert Path(again.checkpoint.path) == dest and (dest / "modules.json").is_file() and not again.reused
+    assert not any(p.exists() for p in dead) and other.is_dir()
 
 
 def test_without_tokenizer_files_to_copy_the_trainers_stay(tmp_path):
