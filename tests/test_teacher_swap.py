@@ -7,15 +7,24 @@ becomes teacher_model's data version, so the UI marks the assets that read the t
 teacher_embeddings and mlir_eval, Unsynced), then re-materialise everything downstream.
 
 Crash anywhere: the swap is SIGKILLed at three seeded points, each a seeded delay after the
-step's STEP_START line in the launch's log: during the new teacher's cache
-(`teacher_embeddings`), during training (`stage1_checkpoint`) and during evaluation
-(`mlir_eval`). The kills are chained so that each lands on work not done yet: the launch
-killed in the teacher cache is launched again and killed in Stage 1's training, that one again
-and killed in the evaluation, and the last launch must succeed. Afterwards every checkpoint row
+step's STEP_START line in the launch's log: in the new teacher's cache (`teacher_embeddings`,
+0.2–3 s: loading the teacher or encoding), in Stage 1 (`stage1_checkpoint`, 40–75 % of the
+step's seconds in the smoke run before the swap: Stage 1 loads, fits `W` and probes the base
+first, then trains and writes, so that is mostly training) and in the evaluation (`mlir_eval`,
+10–60 % of its smoke-run seconds). Fractions of the step's own time on this host, not fixed
+seconds, so the kills land in the same phase on a slow host and a fast one; a kill that lands
+after its step finished is recorded, and at least one must land during its step. The kills
+are chained so that each lands on work not done yet: the launch killed in the teacher cache is
+launched again and killed in Stage 1, that one again and killed in the evaluation, and the last
+launch must succeed. Afterwards every checkpoint row
 in DuckDB points at a folder that exists, every finished checkpoint folder has its row, and the
 last run has its evaluation and A–U rows. The swap re-runs exactly the three steps the chain
 kills, which is why the chain rides on it instead of on a smoke run of its own (make test's
 minutes).
+
+The swap changes the session's smoke home (a second teacher's checkpoints and vectors, killed
+runs); the tests that read what the smoke runs left either run before this module (pytest takes
+the modules by name) or, like `test_pipeline_e2e`'s, select the smoke runs' own rows.
 """
 
 from __future__ import annotations
@@ -35,8 +44,10 @@ from tests.conftest import REPO, instance_of, materializations
 pytestmark = pytest.mark.e2e
 
 SEED = 16
-#: (step, the longest seeded delay after its STEP_START line, in seconds)
-KILL_POINTS = (("teacher_embeddings", 3.0), ("stage1_checkpoint", 6.0), ("mlir_eval", 6.0))
+#: (step, the range of the seeded delay after its STEP_START line, and its unit: "s" seconds, or
+#: "of smoke" a fraction of the step's seconds in the smoke fixture's first run)
+KILL_POINTS = (("teacher_embeddings", (0.2, 3.0), "s"), ("stage1_checkpoint", (0.4, 0.75), "of smoke"),
+               ("mlir_eval", (0.1, 0.6), "of smoke"))
 #: Models whose checkpoint folders the training assets record in `checkpoints`.
 TRAINED = {"stage1", "mimo", "mimo_lambda_0", "mimo_lambda_0.5", "mimo_lambda_1", "infonce", "xlco", "lakda"}
 
@@ -86,6 +97,16 @@ def _kill_during(env: dict, selection: str, log_path: Path, step: str, delay: fl
     return during
 
 
+def _first_run_step_seconds(smoke) -> dict[str, float]:
+    """Seconds per step of the smoke fixture's first full_mimo run (the one that computed everything)."""
+    from dagster import RunsFilter
+
+    from bench.pipeline import step_seconds
+
+    first = instance_of(smoke).get_runs(RunsFilter(job_name="full_mimo"), ascending=True)[0]
+    return step_seconds(smoke["env"]["DAGSTER_HOME"], first.run_id)[1]
+
+
 def _stale(instance, keys):
     from dagster import AssetKey
     from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
@@ -107,9 +128,12 @@ def swapped(smoke):
     stale_after_observing = _stale(instance_of(smoke), ASSETS)
     rng = random.Random(SEED)
     killed_during = {}
-    for i, (step, longest) in enumerate(KILL_POINTS):  # each launch re-runs the one killed before it
+    smoke_seconds = _first_run_step_seconds(smoke)
+    for i, (step, (low, high), unit) in enumerate(KILL_POINTS):  # each launch re-runs the one killed before it
+        delay = rng.uniform(low, high) * (smoke_seconds[step] if unit == "of smoke" else 1.0)
         killed_during[step] = _kill_during(env, "key:teacher_model+", smoke["root"] / f"swap-killed{i}.log", step,
-                                           rng.uniform(0.2, longest))
+                                           delay)
+        print(f"SIGKILL {delay:.1f} s after {step} started: {'during' if killed_during[step] else 'after'} it")
     _dg_launch(env, "key:teacher_model+", smoke["root"] / "swap.log")
     instance = instance_of(smoke)
     after = {k: len(materializations(instance, k)) for k in ASSETS}
