@@ -165,6 +165,14 @@ def build_tiny_bert(d: Path, sentences, *, dropout: float = 0.1, seed: int = 0) 
     return d
 
 
+def tiny_student(folder):
+    """``folder`` (a `build_tiny_bert` model) as the base-student checkpoint the stages train from."""
+    from mimo_pipeline.student import ModelCheckpoint
+
+    return ModelCheckpoint("base_student", str(folder), "tinystudent", "tiny", 32,
+                           {"query": "query: ", "document": "passage: "})
+
+
 def cached_teacher(folder: Path, texts=None, vectors=None, *, dim: int | None = None):
     """A `TeacherEmbeddings` over a cache in ``folder`` (fingerprint ``tinyteacher``) with no teacher model
     behind it (an empty path: nothing can run one), as training reads it; ``texts``' ``vectors`` are put first."""

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import build_tiny_bert, cached_teacher, torch_threads
+from tests.conftest import build_tiny_bert, cached_teacher, tiny_student, torch_threads
 from tests.test_training import EN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -225,14 +225,12 @@ def run_stage2(root: str, models_dir: str, sleep_s: float = 0.0):
     import torch
 
     from mimo_pipeline.stages import StageConfig, train_stage2
-    from mimo_pipeline.student import ModelCheckpoint
     from mimo_pipeline.trainer import TrainConfig
 
     torch.set_num_threads(1)
     root = Path(root)
     teacher = cached_teacher(root / "teacher", dim=TEACHER_DIM)
-    init = ModelCheckpoint("base_student", str(root / "student"), "tinystudent", "tiny", 32,
-                           {"query": "query: ", "document": "passage: "})
+    init = tiny_student(root / "student")
     train = TrainConfig(steps=STEPS, batch_size=4, mini_batch_size=2, lr=1e-3, max_length=32, seed=0, device="cpu",
                         checkpoint_every=CHECKPOINT_EVERY, log_every=1, freeze_word_embeddings=False)
     return train_stage2(init, None, root / "pairs" / "pairs.parquet", teacher, StageConfig(train, lam=0.5),

@@ -20,9 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from mimo_pipeline.stages import StageConfig, train_stage1, train_stage2
-from mimo_pipeline.student import ModelCheckpoint
 from mimo_pipeline.trainer import TrainConfig
-from tests.conftest import REPO, build_tiny_bert, cached_teacher
+from tests.conftest import REPO, build_tiny_bert, cached_teacher, tiny_student
 
 EN = [f"verse {i} of the law and the prophets number {i % 7}" for i in range(40)]
 X = [" ".join(f"{w}_x" for w in s.split()) for s in EN]
@@ -42,8 +41,7 @@ def setup(tmp_path_factory):
     pq.write_table(pa.table({"q_a": X, "p_b": [Y[(i + 3) % n] for i in range(n)], "q_en": EN,
                              "p_en": [EN[(i + 3) % n] for i in range(n)]}), pairs)
     teacher = cached_teacher(root / "teacher_cache", EN, np.random.default_rng(0).normal(size=(len(EN), 16)))
-    student = ModelCheckpoint("base_student", str(model), "tinystudent", "tiny", 32,
-                              {"query": "query: ", "document": "passage: "})
+    student = tiny_student(model)
     train = TrainConfig(steps=4, batch_size=8, lr=1e-3, max_length=32, seed=3, checkpoint_every=0, log_every=1,
                         freeze_word_embeddings=False, device="cpu")
     return root, student, corpus, pairs, teacher, train

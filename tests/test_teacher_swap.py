@@ -16,11 +16,10 @@ seconds, so the kills land in the same phase on a slow host and a fast one; a ki
 after its step finished is recorded, and at least one must land during its step. The kills
 are chained so that each lands on work not done yet: the launch killed in the teacher cache is
 launched again and killed in Stage 1, that one again and killed in the evaluation, and the last
-launch must succeed. Afterwards every checkpoint row
-in DuckDB points at a folder that exists, every finished checkpoint folder has its row, and the
-last run has its evaluation and A–U rows. The swap re-runs exactly the three steps the chain
-kills, which is why the chain rides on it instead of on a smoke run of its own (make test's
-minutes).
+launch must succeed. Afterwards every checkpoint row in DuckDB points at a folder that exists,
+every finished checkpoint folder has its row, and the last run has its evaluation and A–U rows.
+The swap re-runs exactly the three steps the chain kills, which is why the chain rides on it
+instead of on a smoke run of its own (make test's minutes).
 
 The swap changes the session's smoke home (a second teacher's checkpoints and vectors, killed
 runs); the tests that read what the smoke runs left either run before this module (pytest takes

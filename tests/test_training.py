@@ -13,7 +13,7 @@ from mimo_pipeline.losses import (CachedLakdaLoss, CachedMimoLoss, contrastive_l
                                   lakda_loss, make_projection, mimo_loss, stage1_loss)
 from mimo_pipeline.trainer import LOSS_PARAMS_FILE, TrainConfig, fit, latest_complete_checkpoint, load_student
 
-from tests.conftest import build_tiny_bert, cached_teacher, torch_threads
+from tests.conftest import build_tiny_bert, cached_teacher, tiny_student, torch_threads
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -374,14 +374,12 @@ def test_one_prompt_convention_across_stages(model_dir, tmp_path, monkeypatch):
     anchors and evaluation's queries get: the prompt is the student's own "query" prompt throughout."""
     from mimo_pipeline import encoder, stages
     from mimo_pipeline.stages import STAGE1_PROMPT, StageConfig, train_stage1, train_stage2
-    from mimo_pipeline.student import ModelCheckpoint
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     teacher = cached_teacher(tmp_path / "teacher", EN, T_Q)
-    init = ModelCheckpoint("base_student", str(model_dir), "tinystudent", "tiny", 32,
-                           {"query": "query: ", "document": "passage: "})
+    init = tiny_student(model_dir)
     pairs = tmp_path / "pairs" / "pairs.parquet"
     pairs.parent.mkdir()
     pq.write_table(pa.table({"q_a": X, "p_b": Y[1:] + Y[:1], "q_en": EN, "p_en": EN[1:] + EN[:1]}), pairs)
@@ -416,14 +414,12 @@ def test_a_trained_checkpoint_carries_its_initial_models_tokenizer_files(tmp_pat
     from mimo_pipeline.checkpoint import read_pooling_spec
     from mimo_pipeline.encoder import SentenceEncoder, tokenizer_key
     from mimo_pipeline.stages import StageConfig, train_stage1
-    from mimo_pipeline.student import ModelCheckpoint
 
     model_dir = build_tiny_bert(tmp_path / "init", EN + X + Y)
     sbert = model_dir / "sentence_bert_config.json"
     sbert.write_text(json.dumps({**json.loads(sbert.read_text()), "max_seq_length": 48}))
     assert read_pooling_spec(model_dir).max_seq_length == 48
-    init = ModelCheckpoint("base_student", str(model_dir), "tinystudent", "tiny", 32,
-                           {"query": "query: ", "document": "passage: "})
+    init = tiny_student(model_dir)
     teacher = cached_teacher(tmp_path / "teacher", EN + X, np.concatenate([T_Q, T_Q]))
     trained = train_stage1(init, _corpus(tmp_path, X, EN), teacher, StageConfig(cfg(steps=1, batch_size=8)),
                            tmp_path / "m")
@@ -449,10 +445,8 @@ def test_a_retrain_removes_what_a_killed_write_left_of_its_fingerprint(model_dir
     import shutil
 
     from mimo_pipeline.stages import StageConfig, train_stage1
-    from mimo_pipeline.student import ModelCheckpoint
 
-    init = ModelCheckpoint("base_student", str(model_dir), "tinystudent", "tiny", 32,
-                           {"query": "query: ", "document": "passage: "})
+    init = tiny_student(model_dir)
     teacher = cached_teacher(tmp_path / "teacher", EN + X, np.concatenate([T_Q, T_Q]))
     corpus, config = _corpus(tmp_path, X, EN), StageConfig(cfg(steps=1, batch_size=8))
     dest = Path(train_stage1(init, corpus, teacher, config, tmp_path / "m").checkpoint.path)
