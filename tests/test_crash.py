@@ -123,9 +123,10 @@ def _tmp_files(root: Path) -> list[Path]:
 
 def _complete_step(work: Path) -> int:
     """The last complete trainer checkpoint's step under ``work`` (at any depth: a stage's
-    ``.work-<fingerprint>`` folder included); 0 if none."""
-    steps = [int(p.parent.name.split("-")[-1]) for p in work.rglob("trainer_state.json")
-             if p.parent.name.startswith("checkpoint-")]
+    ``.work-<fingerprint>`` folder included); 0 if none. ``os.walk`` skips folders the trainer
+    removes while we look (its checkpoint rotation); ``Path.rglob`` raised on them."""
+    steps = [int(Path(d).name.split("-")[-1]) for d, _, files in os.walk(work)
+             if Path(d).name.startswith("checkpoint-") and "trainer_state.json" in files]
     return max(steps, default=0)
 
 
