@@ -42,7 +42,8 @@ class StageSettings(Config):
     alpha: float = Field(default=StageConfig.alpha, description="α: weight of LaKDA's KL term.")
     freeze_word_embeddings: bool = Field(default=TrainConfig.freeze_word_embeddings,
                                          description="Freeze the word embeddings (CPU default; false on a GPU).")
-    bf16: bool = Field(default=TrainConfig.bf16, description="bf16 autocast while training (CUDA only).")
+    bf16: Optional[bool] = Field(default=TrainConfig.bf16, description="bf16 autocast for the whole training step "
+                                 "(the official recipe's --bf16); unset: on where precision resolves to bf16.")
     translation_p1: bool = Field(default=True, description="Measure held-out en↔X translation P@1.")
     world_size: int = Field(default=1, description="Processes for data-parallel training: >1 launches torchrun "
                                                    "(gloo on CPU, nccl on GPU) through Dagster Pipes.")

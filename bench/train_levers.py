@@ -10,7 +10,9 @@ two ``on_step_end`` callbacks (steps 2..N; step 1 carries the trainer's set-up).
 - ``fp32``: today's default elsewhere: the no-gradient pass of gradient caching in fp32;
 - ``bf16_no_grad``: that pass under bf16 autocast (`TrainConfig.precision`);
 - ``adamw_plain``: the non-fused AdamW (``optim = adamw_torch``) instead of the fused one;
-- ``mini_batch_8``: gradient caching in chunks of 8 rows instead of one chunk of 16.
+- ``mini_batch_8``: gradient caching in chunks of 8 rows instead of one chunk of 16;
+- ``bf16_autocast``: the whole step under bf16 autocast (`TrainConfig.bf16`): the no-gradient
+  pass, the replay with gradients and its backward; the weights and the optimizer stay fp32.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from pathlib import Path
 
 VARIANTS = {
     "fp32": {"precision": "fp32"},
-    "bf16_no_grad": {"precision": "bf16"},
+    "bf16_no_grad": {"precision": "bf16", "bf16": False},
     "adamw_plain": {"precision": "fp32", "optim": "adamw_torch"},
     "mini_batch_8": {"precision": "fp32", "mini_batch_size": 8},
+    "bf16_autocast": {"precision": "bf16", "bf16": True},
 }
 
 

@@ -30,7 +30,7 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -159,10 +159,11 @@ def checkpoint_fingerprint(name: str, init: ModelCheckpoint, data_path: str | Pa
                            teacher: TeacherEmbeddings | None = None) -> str:
     """A trained checkpoint's folder name: the model, the training code, the initial weights, the teacher's
     vectors (model and precision; none for a teacher-free baseline), the data file's content-addressed folder
-    and every setting of ``cfg``, ``batch_size`` and ``mini_batch_size`` among them."""
+    and every setting of ``cfg``, ``batch_size`` and ``mini_batch_size`` among them, precision and
+    autocast as they run here (`TrainConfig.resolved`: ``auto`` trains otherwise on another machine)."""
     return _fingerprint(name, TRAINING_CODE_VERSION, init.fingerprint,
                         *([teacher.fingerprint] if teacher is not None else []), Path(data_path).parent.name,
-                        asdict(cfg))
+                        asdict(replace(cfg, train=cfg.train.resolved())))
 
 
 def _order(n_rows: int, n_needed: int, seed: int) -> np.ndarray:

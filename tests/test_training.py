@@ -310,11 +310,63 @@ def test_bf16_no_grad_pass_moves_the_weights_a_little(no_dropout_dir, tmp_path):
     """Gradient caching's no-gradient pass in bf16 (the `precision` setting): the same run as fp32
     up to bf16 rounding of the cached embeddings; a different run, so its fingerprint differs."""
     fp32, _, _ = train_mimo(no_dropout_dir, tmp_path / "fp32", cfg(precision="fp32"))
-    bf16, _, _ = train_mimo(no_dropout_dir, tmp_path / "bf16", cfg(precision="bf16"))
+    bf16, _, _ = train_mimo(no_dropout_dir, tmp_path / "bf16", cfg(precision="bf16", bf16=False))
     a, b = weights(fp32), weights(bf16)
     assert not _allclose(a, b, atol=0.0)
     assert _allclose(a, b, atol=2e-3)
     assert cfg(precision="bf16").result_settings() != cfg(precision="fp32").result_settings()
+
+
+def test_bf16_autocast_trains_the_whole_step_in_bf16_and_gives_the_model_back_in_fp32(no_dropout_dir, tmp_path):
+    """``bf16`` on a CPU: every forward pass of the step (gradient caching's replay included) runs
+    under bf16 autocast, the weights stay float32 and move close to an fp32 run's; after `fit` the
+    model's own forward is back, so an encode of the model in memory is float32 again."""
+    seen = []
+
+    def probe(module, args, output):
+        seen.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+
+    fp32, _, _ = train_mimo(no_dropout_dir, tmp_path / "fp32", cfg(precision="fp32", bf16=False))
+    model = load_student(no_dropout_dir, cfg(bf16=True))
+    handle = model[0].register_forward_hook(probe)
+    loss = CachedMimoLoss(model, make_projection(32, TEACHER_DIM, seed=0), lam=0.5)
+    result = fit(model, loss, mimo_rows(48), cfg(bf16=True, mini_batch_size=8), tmp_path / "bf16",
+                 prompts=PROMPTS_QP)
+    handle.remove()
+    assert {g for g, _ in seen} == {False, True}  # the no-gradient pass and the replay with gradients
+    assert all(a for _, a in seen), "a forward pass of the step ran without autocast"
+    a, b = weights(fp32), weights(model)
+    assert all(v.dtype == torch.float32 for v in b.values())
+    assert not _allclose(a, b, atol=0.0) and _allclose(a, b, atol=2e-2)
+    assert np.isfinite(result.final_terms["loss"])
+    assert "_original_forward" not in model.__dict__
+    seen.clear()
+    model[0].register_forward_hook(probe)
+    out = model.encode(["and god said let there be light"], convert_to_tensor=True)
+    assert out.dtype == torch.float32 and seen == [(False, False)]
+
+
+def test_bf16_and_auto_precision_are_resolved_for_the_machine_and_in_the_fingerprint(monkeypatch):
+    """``bf16`` unset follows ``precision`` as resolved here; the checkpoint fingerprint holds the
+    resolved pair, so ``auto`` gives another folder on a machine where it means bf16."""
+    from mimo_pipeline import precision
+    from mimo_pipeline.stages import StageConfig, checkpoint_fingerprint
+    from mimo_pipeline.student import ModelCheckpoint
+
+    assert cfg(precision="fp32").resolved().bf16 is False
+    assert cfg(precision="bf16").resolved().bf16 is True
+    assert cfg(precision="bf16", bf16=False).resolved().bf16 is False
+    assert cfg(precision="fp32", bf16=True).resolved().bf16 is True
+    init = ModelCheckpoint("base_student", "/m", "0123456789abcdef", "tiny", 32, {})
+    auto = StageConfig(train=cfg(precision="auto"))
+    fps = {}
+    for host in ("fp32", "bf16"):
+        monkeypatch.setattr(precision, "_cpu_auto", lambda host=host: host)
+        assert auto.train.resolved().precision == host and auto.train.resolved().bf16 is (host == "bf16")
+        fps[host] = checkpoint_fingerprint("infonce", init, "/data/pairs/abc/pairs.parquet", auto)
+    assert fps["fp32"] != fps["bf16"]
+    assert fps["fp32"] == checkpoint_fingerprint("infonce", init, "/data/pairs/abc/pairs.parquet",
+                                                 StageConfig(train=cfg(precision="fp32", bf16=False)))
 
 
 def test_a_second_process_waits_for_the_fingerprint_being_trained(tmp_path):
