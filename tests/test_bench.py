@@ -238,3 +238,28 @@ def test_topics_bench_counts_query_and_target_verses_and_each_text_once():
     # x 2 languages with the query prompt, plus the translation queries' texts
     translation_q = {q["text"] for q in benches[-1].queries.values()}
     assert distinct_texts(benches) == 24 + len({q["text"] for q in benches[0].queries.values()} | translation_q)
+
+
+def test_compare_homes_joins_the_latest_rows_of_two_homes(tmp_path, capsys):
+    """B − A per model and benchmark at query_lang all, each home's latest row, A's half-interval."""
+    from bench.compare_homes import compare, main, rows
+
+    def row(model, bench, value, lang="all", run="r1"):
+        return {"dagster_run_id": run, "model": model, "seed": 13, "benchmark": bench, "task": "mlir",
+                "query_lang": lang, "metric": "ndcg@10", "value": value, "ci_low": value - 0.05,
+                "ci_high": value + 0.05, "n_topics": 80}
+
+    ResultsDB(tmp_path / "a" / "mimo.duckdb").append("eval_metrics", [row("mimo", "mlir", 0.10),
+                                                                      row("mimo", "mlir", 0.90, lang="de")])
+    ResultsDB(tmp_path / "a" / "mimo.duckdb").append("eval_metrics", [row("mimo", "mlir", 0.20, run="r2")])
+    ResultsDB(tmp_path / "b" / "mimo.duckdb").append("eval_metrics", [row("mimo", "mlir", 0.25),
+                                                                      row("xlco", "mlir", 0.30)])
+    a, b = rows(tmp_path / "a", "ndcg@10"), rows(tmp_path / "b", "ndcg@10")
+    assert a[("mimo", 13, "mlir")] == pytest.approx((0.20, 0.05))  # the latest row, query_lang all only
+    joined = compare(a, b)
+    assert len(joined) == 1 and joined[0][:3] == ("mimo", 13, "mlir")
+    assert joined[0][5] == pytest.approx(0.05)
+    assert main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "| mlir | 0.0500 | +0.0500 | 1 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="does not exist"):
+        rows(tmp_path / "nowhere", "ndcg@10")
