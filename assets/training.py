@@ -107,7 +107,8 @@ def _train_tracked(context, name, tracking: MlflowTracking, catalog: ModelCatalo
     from mimo_pipeline import stages
 
     teacher = catalog.resolve_teacher().name
-    params = {**cfg.train.result_settings(), "distill": cfg.distill, "lam": cfg.lam, "alpha": cfg.alpha,
+    # precision and bf16 as they run on this machine, not `auto` and unset
+    params = {**cfg.train.resolved().result_settings(), "distill": cfg.distill, "lam": cfg.lam, "alpha": cfg.alpha,
               "world_size": world_size}
     with tracking.tracker().run(f"{name} · {teacher}", dagster_run_id=context.run.run_id, params=params,
                                 tags={"model": name, "teacher": teacher,

@@ -94,6 +94,9 @@ def test_mlflow_runs_are_nested_and_named(smoke):
     mimo = next(r for r in runs if r.info.run_name == "mimo · all-MiniLM-L6-v2")
     assert "mlflow.parentRunId" in mimo.data.tags and "final_loss" in mimo.data.metrics
     assert float(mimo.data.params["lr"]) == 2e-5
+    # what ran on this machine: the profile's `auto` resolved, and autocast following it
+    assert mimo.data.params["precision"] in ("fp32", "bf16")
+    assert mimo.data.params["bf16"] == str(mimo.data.params["precision"] == "bf16")
 
 
 def test_checkpoint_model_card_names_recipe_teacher_data_seed_and_heldout(smoke):
