@@ -366,15 +366,6 @@ def training_arguments(config: TrainConfig, output_dir: str | os.PathLike, promp
     )
 
 
-def _drop_autocast_wrapper(model: nn.Module) -> None:
-    """Give ``model`` its own ``forward`` back: under ``bf16`` accelerate wraps it in bf16 autocast
-    for good, so a later encode of the trained model in memory (the held-out P@1 probe) would run
-    in bf16 whatever precision it asked for."""
-    original = model.__dict__.pop("_original_forward", None)
-    if original is not None:
-        model.forward = original
-
-
 def fit(model, loss: nn.Module, dataset, config: TrainConfig, work_dir: str | os.PathLike, *,
         prompts: dict[str, str] | None = None, on_log: Callable[[dict], None] | None = None,
         callbacks: list | None = None) -> TrainResult:
@@ -416,7 +407,11 @@ def fit(model, loss: nn.Module, dataset, config: TrainConfig, work_dir: str | os
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     finally:
-        _drop_autocast_wrapper(model)
+        # Under bf16, accelerate wraps the model's forward in autocast for good; take it off, or a later
+        # encode of the trained model in memory (the held-out P@1 probe) would run in bf16 whatever it asks.
+        from accelerate.utils import extract_model_from_parallel
+
+        extract_model_from_parallel(model, keep_fp32_wrapper=False)
     wall = time.perf_counter() - t0
     model.eval()
     history = [_record(int(h["step"]), h) for h in trainer.state.log_history if "loss" in h]
