@@ -44,9 +44,11 @@ run: setup
 	$(BIN)/python -m mimo_pipeline.definitions full_mimo $(if $(RUN_CONFIG),-c $(RUN_CONFIG))
 
 # Debian's chromium for tests/test_ui.py: installed when missing, else one line says why not.
+# Two pytest-xdist workers of one thread each (tests/conftest.py keeps the smoke runs on one of them):
+# much of a test is single-threaded Python (imports, Dagster, tokenizers), which the other worker overlaps.
 test: setup
 	@.ci/ensure-chromium $(VENV)/chromium-unavailable
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
 
 # Ours against the usual peers, side by side; BENCH_ARGS="--rss" adds peak RSS per smoke step.
 bench: setup

@@ -27,6 +27,47 @@ def torch_threads(n: int | None = None):
         torch.set_num_threads(before)
 
 
+#: The modules whose tests read the session's smoke runs (conftest `smoke`), directly or through
+#: a fixture. `make test` runs two pytest-xdist workers; these modules go to one worker as one unit,
+#: in file order, so that the smoke runs happen once and the teacher swap, which changes the smoke
+#: home, runs after the modules that read the home as the smoke runs left it (pytest's own order).
+SMOKE_MODULES = ("tests/test_bench.py", "tests/test_commands.py", "tests/test_pipeline_e2e.py",
+                 "tests/test_teacher_swap.py", "tests/test_ui.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's `loadscope` (each module's tests on one worker, modules handed out as workers free
+    up), with the smoke modules as one unit, handed out first: it is the longest (about half of
+    the suite's minutes)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    if config.getvalue("dist") not in ("load", "loadscope"):  # the user asked for another schedule
+        return None
+
+    class SmokeModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "smoke" if module in SMOKE_MODULES else module
+
+        def _assign_work_unit(self, node) -> None:
+            if "smoke" in self.workqueue:
+                self.workqueue.move_to_end("smoke", last=False)
+            super()._assign_work_unit(node)
+
+    return SmokeModulesTogether(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test outside SMOKE_MODULES that asks for the smoke runs would run them a second time on the
+    other worker: name its module in SMOKE_MODULES."""
+    strays = [i.nodeid for i in items if "smoke" in getattr(i, "fixturenames", ())
+              and i.nodeid.split("::")[0] not in SMOKE_MODULES]
+    if strays:
+        raise pytest.UsageError(f"{strays[0]} reads the smoke runs but its module is not in "
+                                "tests/conftest.py SMOKE_MODULES: add it there")
+
+
 @pytest.fixture(autouse=True)
 def torch_threads_unchanged(request):
     """A test that changes torch's thread count fails: the tests after it in this process (the
