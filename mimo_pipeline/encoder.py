@@ -19,10 +19,12 @@ is ``fp32`` (today's vectors, bit for bit); the pipeline's assets pass the profi
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -47,14 +49,13 @@ def pool(token_vectors: torch.Tensor, attention_mask: torch.Tensor, mode: str = 
     raise ValueError(f"unknown pooling mode {mode!r}")
 
 
-#: The tokenizer loaded last in this process, with its `tokenizer_key`: every checkpoint trained
-#: from one student carries the same tokenizer files, and loading multilingual-e5-small's (a 17 MB
-#: tokenizer.json) takes 2.7 s, so an evaluation of eleven checkpoints, or a training asset probing
-#: four, loads it once per run of checkpoints that share it. Encoding passes ``max_length`` on every
-#: call and changes no tokenizer state, so sharing one object between encoders is safe. One loaded
-#: tokenizer holds about 330 MB, so only the last one is kept.
-_LAST_TOKENIZER: tuple[str, object] | None = None
-
+#: Tokenizers parsed in this process, by `tokenizer_key`, the most recently used last. Every
+#: checkpoint trained from one student carries the same tokenizer files, and parsing
+#: multilingual-e5-small's (a 17 MB tokenizer.json, 250,000 pieces) takes about 1.7 s: a run that
+#: trains eight models and evaluates eleven would parse it at every load. One parsed tokenizer of
+#: that size holds about 330 MB, so two are kept: the student's and the teacher's.
+_TOKENIZERS: OrderedDict[str, object] = OrderedDict()
+_TOKENIZERS_KEPT = 2
 
 def tokenizer_key(folder: str | Path) -> str:
     """SHA-256 over the names and bytes of a model folder's tokenizer files
@@ -73,16 +74,27 @@ def tokenizer_key(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_tokenizer(folder: str | Path):
-    """``AutoTokenizer.from_pretrained(folder)``, or the last tokenizer loaded when its files are the same."""
-    global _LAST_TOKENIZER
+def load_tokenizer(folder: str | Path, *, model_max_length: int | None = None):
+    """``AutoTokenizer.from_pretrained(folder)``, parsed once per process and set of tokenizer files
+    (`tokenizer_key`); each call returns its own shallow copy, with ``model_max_length`` when given.
+
+    Copies share the parsed vocabulary (the Rust tokenizer, whose truncation and padding every call
+    sets anew) and have their own settings (``model_max_length``, which sentence-transformers'
+    ``max_seq_length`` sets): two models that loaded one tokenizer do not change each other's."""
     from transformers import AutoTokenizer
 
     key = tokenizer_key(folder)
-    if _LAST_TOKENIZER is None or _LAST_TOKENIZER[0] != key:
-        _LAST_TOKENIZER = None  # the old one goes before the new one loads
-        _LAST_TOKENIZER = (key, AutoTokenizer.from_pretrained(folder))
-    return _LAST_TOKENIZER[1]
+    parsed = _TOKENIZERS.pop(key, None)
+    if parsed is None:
+        while len(_TOKENIZERS) >= _TOKENIZERS_KEPT:  # the least recently used goes before the new one loads
+            _TOKENIZERS.popitem(last=False)
+        parsed = AutoTokenizer.from_pretrained(folder)
+    _TOKENIZERS[key] = parsed
+    tokenizer = copy.copy(parsed)
+    if model_max_length is not None:  # as from_pretrained(folder, model_max_length=...) records it
+        tokenizer.model_max_length = model_max_length
+        tokenizer.init_kwargs = {**parsed.init_kwargs, "model_max_length": model_max_length}
+    return tokenizer
 
 
 def default_device() -> str:

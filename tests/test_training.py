@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,31 @@ def test_frozen_word_embeddings_stay_unchanged(model_dir, tmp_path):
         prompts=PROMPTS_QP)
     assert torch.equal(model[0].model.get_input_embeddings().weight, emb)
     assert not torch.equal(model[0].model.encoder.layer[0].attention.self.query.weight, other)
+
+
+def test_students_of_one_tokenizer_parse_it_once_and_keep_their_own_max_length(model_dir, tmp_path, monkeypatch):
+    import transformers
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import transformer as st_transformer
+
+    from mimo_pipeline import encoder
+
+    parses = []
+    parse = transformers.AutoTokenizer.from_pretrained.__func__
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        classmethod(lambda cls, *a, **kw: parses.append(a[0]) or parse(cls, *a, **kw)))
+    monkeypatch.setattr(encoder, "_TOKENIZERS", type(encoder._TOKENIZERS)())
+    other = shutil.copytree(model_dir, tmp_path / "other")  # another checkpoint, the same tokenizer files
+    a, b = load_student(model_dir, cfg(max_length=12)), load_student(other, cfg(max_length=7))
+    assert len(parses) == 1 and st_transformer.AutoProcessor is transformers.AutoProcessor  # put back
+    assert a.tokenizer.backend_tokenizer is b.tokenizer.backend_tokenizer
+    assert (a.max_seq_length, b.max_seq_length) == (12, 7)
+    plain = SentenceTransformer(str(model_dir), device="cpu")  # as sentence-transformers loads it
+    plain.max_seq_length = 12
+    assert len(parses) == 2  # outside load_student nothing is shared
+    texts = [X[0] + " " + Y[1], EN[2]]
+    assert torch.equal(a.encode(texts, convert_to_tensor=True), plain.encode(texts, convert_to_tensor=True))
+    assert a.tokenize(texts)["input_ids"].shape[1] == 12 and b.tokenize(texts)["input_ids"].shape[1] == 7
 
 
 # --------------------------------------------------------------------------- resume
