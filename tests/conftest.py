@@ -33,13 +33,16 @@ def torch_threads(n: int | None = None):
 #: home, runs after the modules that read the home as the smoke runs left it (pytest's own order).
 SMOKE_MODULES = ("tests/test_bench.py", "tests/test_commands.py", "tests/test_pipeline_e2e.py",
                  "tests/test_teacher_swap.py", "tests/test_ui.py")
+#: The longest units, handed out in this order before the others: the smoke modules (about half the
+#: suite's minutes), then the two modules of a few minutes each, so that the short ones fill the end
+#: on both workers instead of one worker ending alone on a long one.
+LONGEST_FIRST = ("smoke", "tests/test_user_data_e2e.py", "tests/test_stage1_real.py")
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """xdist's `loadscope` (each module's tests on one worker, modules handed out as workers free
-    up), with the smoke modules as one unit, handed out first: it is the longest (about half of
-    the suite's minutes)."""
+    up), with the smoke modules as one unit and the longest units first (`LONGEST_FIRST`)."""
     from xdist.scheduler import LoadScopeScheduling
 
     if config.getvalue("dist") not in ("load", "loadscope"):  # the user asked for another schedule
@@ -51,8 +54,9 @@ def pytest_xdist_make_scheduler(config, log):
             return "smoke" if module in SMOKE_MODULES else module
 
         def _assign_work_unit(self, node) -> None:
-            if "smoke" in self.workqueue:
-                self.workqueue.move_to_end("smoke", last=False)
+            for unit in reversed(LONGEST_FIRST):
+                if unit in self.workqueue:
+                    self.workqueue.move_to_end(unit, last=False)
             super()._assign_work_unit(node)
 
     return SmokeModulesTogether(config, log)
