@@ -57,6 +57,7 @@ def pool(token_vectors: torch.Tensor, attention_mask: torch.Tensor, mode: str = 
 _TOKENIZERS: OrderedDict[str, object] = OrderedDict()
 _TOKENIZERS_KEPT = 2
 
+
 def tokenizer_key(folder: str | Path) -> str:
     """SHA-256 over the names and bytes of a model folder's tokenizer files
     (`catalog.TOKENIZER_PATTERNS`) and its config's ``model_type``, which can pick the tokenizer

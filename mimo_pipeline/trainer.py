@@ -180,11 +180,24 @@ def distributed_world() -> tuple[int, int]:
 
 #: What sentence-transformers passes to ``AutoProcessor.from_pretrained`` besides the folder, and the
 #: values with which a local folder's tokenizer is the one `encoder.load_tokenizer` parses: the hub's
-#: arguments do nothing for a local folder; a subfolder, a revision or remote code would.
+#: arguments do nothing for a local folder; a subfolder, a revision or remote code would. None: any value.
 _LOCAL_TOKENIZER_KWARGS = {"token": None, "cache_dir": None, "local_files_only": None,
                            "subfolder": ("", None), "revision": (None,), "trust_remote_code": (False, None)}
 #: Files beside a tokenizer that make ``AutoProcessor`` build a processor (images, audio) instead.
 _PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def _plain_local_tokenizer(folder: Path, kwargs: dict) -> bool:
+    """Whether ``AutoProcessor.from_pretrained(folder, **kwargs)`` would give the tokenizer
+    ``load_tokenizer(folder, model_max_length=...)`` gives: a fast tokenizer's file in a local
+    folder, no processor, and only arguments that leave a local tokenizer as it is."""
+    if not (folder / "tokenizer.json").is_file() or any((folder / f).exists() for f in _PROCESSOR_FILES):
+        return False
+    for k, v in kwargs.items():
+        allowed = _LOCAL_TOKENIZER_KWARGS.get(k, ()) if k != "model_max_length" else None
+        if allowed is not None and v not in allowed:
+            return False
+    return True
 
 
 @contextlib.contextmanager
@@ -205,13 +218,8 @@ def _tokenizers_parsed_once():
     class ParsedOnce:
         @staticmethod
         def from_pretrained(name, **kwargs):
-            folder = Path(name)
-            local = ((folder / "tokenizer.json").is_file() and not any((folder / f).exists() for f in _PROCESSOR_FILES)
-                     and all(k == "model_max_length" or (k in _LOCAL_TOKENIZER_KWARGS and (
-                         _LOCAL_TOKENIZER_KWARGS[k] is None or v in _LOCAL_TOKENIZER_KWARGS[k]))
-                         for k, v in kwargs.items()))
-            if local:
-                return load_tokenizer(folder, model_max_length=kwargs.get("model_max_length"))
+            if _plain_local_tokenizer(Path(name), kwargs):
+                return load_tokenizer(name, model_max_length=kwargs.get("model_max_length"))
             return auto.from_pretrained(name, **kwargs)
 
     st_transformer.AutoProcessor = ParsedOnce

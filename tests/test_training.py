@@ -253,6 +253,20 @@ def test_students_of_one_tokenizer_parse_it_once_and_keep_their_own_max_length(m
     assert a.tokenize(texts)["input_ids"].shape[1] == 12 and b.tokenize(texts)["input_ids"].shape[1] == 7
 
 
+def test_only_a_plain_local_tokenizer_is_taken_from_the_parsed_ones(tmp_path):
+    from mimo_pipeline.trainer import _plain_local_tokenizer
+
+    st_kwargs = {"subfolder": "", "token": None, "cache_dir": None, "revision": None, "local_files_only": True,
+                 "trust_remote_code": False, "model_max_length": 512}  # what sentence-transformers 6.2 passes
+    assert not _plain_local_tokenizer(tmp_path, st_kwargs)  # no tokenizer.json: not a fast tokenizer's folder
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert _plain_local_tokenizer(tmp_path, st_kwargs) and _plain_local_tokenizer(tmp_path, {})
+    for change in ({"subfolder": "tok"}, {"revision": "v2"}, {"trust_remote_code": True}, {"use_fast": False}):
+        assert not _plain_local_tokenizer(tmp_path, {**st_kwargs, **change}), change
+    (tmp_path / "preprocessor_config.json").write_text("{}")  # a processor, not a tokenizer
+    assert not _plain_local_tokenizer(tmp_path, st_kwargs)
+
+
 # --------------------------------------------------------------------------- resume
 
 
