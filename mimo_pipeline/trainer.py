@@ -179,9 +179,10 @@ def distributed_world() -> tuple[int, int]:
 
 
 #: What sentence-transformers passes to ``AutoProcessor.from_pretrained`` besides the folder, and the
-#: values with which a local folder's tokenizer is the one `encoder.load_tokenizer` parses: the hub's
-#: arguments do nothing for a local folder; a subfolder, a revision or remote code would. None: any value.
-_LOCAL_TOKENIZER_KWARGS = {"token": None, "cache_dir": None, "local_files_only": None,
+#: values with which a local folder's tokenizer is the one `encoder.load_tokenizer` gives (None: any
+#: value): the hub's arguments do nothing for a local folder, ``model_max_length`` is applied to the
+#: copy; a subfolder, a revision or remote code would change the tokenizer.
+_LOCAL_TOKENIZER_KWARGS = {"token": None, "cache_dir": None, "local_files_only": None, "model_max_length": None,
                            "subfolder": ("", None), "revision": (None,), "trust_remote_code": (False, None)}
 #: Files beside a tokenizer that make ``AutoProcessor`` build a processor (images, audio) instead.
 _PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
@@ -194,7 +195,7 @@ def _plain_local_tokenizer(folder: Path, kwargs: dict) -> bool:
     if not (folder / "tokenizer.json").is_file() or any((folder / f).exists() for f in _PROCESSOR_FILES):
         return False
     for k, v in kwargs.items():
-        allowed = _LOCAL_TOKENIZER_KWARGS.get(k, ()) if k != "model_max_length" else None
+        allowed = _LOCAL_TOKENIZER_KWARGS.get(k, ())  # an argument not named here: AutoProcessor's
         if allowed is not None and v not in allowed:
             return False
     return True
