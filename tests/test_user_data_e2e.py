@@ -92,6 +92,24 @@ def test_readme_run_config_blocks_are_valid_config_of_full_mimo(i):
     validate_run_config(_job(), byo_yaml_blocks()[i])
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_run_configs_in_configs_are_valid_config_of_full_mimo(path):
+    """`make run RUN_CONFIG=configs/<file>` (README) fails on a key its asset does not have."""
+    from dagster import validate_run_config
+
+    validate_run_config(_job(), yaml.safe_load(path.read_text()))
+
+
+def test_the_15_minute_config_drops_what_its_comment_says_and_no_more():
+    """configs/fits_15_minutes.yaml: no λ ablation and baselines at Stage 2's steps (the default
+    profile's, so the file stays true if that default changes); nothing else set."""
+    from mimo_pipeline.settings import get_profile
+
+    ops = yaml.safe_load((REPO / "configs" / "fits_15_minutes.yaml").read_text())["ops"]
+    assert ops == {"stage2_checkpoint": {"config": {"lambda_ablation": False}},
+                   "baseline_checkpoints": {"config": {"steps": get_profile("default").training.stage2_steps}}}
+
+
 # --------------------------------------------------------------------------- a made-up language
 
 _CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
