@@ -148,6 +148,26 @@ def test_make_run_summary_prints_the_claims_and_the_readonly_command(ran, capsys
     assert f"duckdb -readonly {ran.home / 'mimo.duckdb'}" in out
     assert "the paper's claims on this run:" in out and ran.au.claims_md in out
     assert "alignment and uniformity" in out and "| mimo |" in out
+    assert "training budgets" not in out  # no training manifests, no budget line
+
+
+def test_make_run_summary_says_when_the_baselines_budget_is_not_mimos(tmp_path, capsys):
+    """The line `make run RUN_CONFIG=configs/fits_15_minutes.yaml` prints (baselines at Stage 2's steps),
+    read from the training assets' manifests."""
+    from mimo_pipeline.report import TRAINING_ASSETS, print_summary
+    from mimo_pipeline.settings import Settings
+    from tests.test_report import _trained
+
+    settings = Settings.resolve(home=str(tmp_path), profile="default", env={})
+    manifests = tmp_path / "manifests" / "default"
+    manifests.mkdir(parents=True)
+    sets = (_trained(stage1={13: (24, 16)}), _trained(mimo={13: (12, 16)}),
+            _trained(infonce={13: (12, 16)}, xlco={13: (12, 16)}, lakda={13: (12, 16)}))
+    for asset, trained in zip(TRAINING_ASSETS, sets):
+        (manifests / f"{asset}.pkl").write_bytes(pickle.dumps(trained))
+    print_summary(settings)
+    assert ("training budgets NOT matched: mimo (Stage 1 + Stage 2) saw 576 rows, infonce 192, xlco 192, "
+            "lakda 192") in capsys.readouterr().out
 
 
 def test_au_reads_the_mlir_pool_or_else_the_translation_pool():
