@@ -31,7 +31,8 @@ class TrainingSizes:
     a GPU run at paper scale raises these: 1 epoch, batch 128 (Stage 1) and 2048 (Stage 2).
     On 2 CPU cores a step of 16 rows takes 3–4 s; the default trains Stage 1 24 steps,
     mimo and each of the three λ-ablation models 12, and each baseline 36 (mimo's matched
-    budget: Stage 1 + Stage 2), 180 steps in all: 14 minutes of the 21 of a default run (README).
+    budget: Stage 1 + Stage 2), 180 steps in all: 12 of the 24 minutes of a default run on an AMD host
+    with bf16 (README; configs/fits_15_minutes.yaml drops the λ ablation and the matched budget).
     ``mini_batch_size`` is gradient caching's chunk: the weights do not depend on it (up to
     dropout masks, drawn per chunk), and on a CPU chunks of 8 are faster than one of 16
     because each chunk is padded only to its own longest text (measured 2.6 s against
