@@ -22,6 +22,10 @@ thresholds are the conventional 0.05 and the direction the paper states.
   rankings agree across the languages of a query) and own_lang@10 (the share of the top 10
   in the query's language, lower = less bias); ``eval_compare`` as in (a).
 
+Budgets: (a) and (d) assume each baseline trained on as many rows as mimo's Stage 1 and Stage 2
+together (the default's matched budget). `training_rows` counts them from the training assets'
+outputs and `budget_note` says in one line, under the report, whether they match.
+
 Seeds: a comparison is made per training seed (a model of seed s against the other of seed
 s, or against the other's only run); each is a row of the table, and a claim needs every
 seed. Where a comparison has several seeds the table adds their mean ± sd.
@@ -254,6 +258,41 @@ CLAIMS_LEGEND = (f"difference = first − second model, 95% interval; holds = th
                  f"(better: higher or lower) and p (Holm) < {SIGNIFICANCE}. A claim holds when every comparison "
                  f"holds (every seed). With several seeds, a row 'mean over n seeds' gives the mean ± sd of the "
                  f"difference.")
+
+
+def training_rows(stage1=None, stage2=None, baselines=None) -> dict[tuple[str, int], int]:
+    """Rows each trained model's training saw (optimizer steps × batch size) by (model, seed), from the
+    training assets' `stages.TrainedSet`s; a Stage-2 model's rows include the Stage 1 it starts from
+    (its seed's, else Stage 1's only one), as the baselines' matched budget counts them."""
+    def rows(t) -> int:
+        return t.steps * t.config["stage"]["train"]["batch_size"]
+
+    out = {}
+    for trained in (stage1, baselines):
+        out.update({(name, seed): rows(t) for name, seed, t in (trained.all() if trained else ())})
+    for name, seed, t in (stage2.all() if stage2 else ()):
+        first = stage1.get("stage1", seed if seed in stage1.seeds("stage1") else None) if stage1 else None
+        out[(name, seed)] = rows(t) + (rows(first) if first is not None else 0)
+    return out
+
+
+def budget_note(rows: dict[tuple[str, int], int]) -> str | None:
+    """One line on whether each teacher-free baseline saw as many training rows as mimo (Stage 1 +
+    Stage 2) of its seed, which claims (a) and (d) assume; None without mimo or a baseline."""
+    mimo = {seed: n for (name, seed), n in rows.items() if name == REFERENCE}
+    baselines = sorted(((TEACHER_FREE.index(name), seed, n) for (name, seed), n in rows.items()
+                        if name in TEACHER_FREE), key=lambda x: x[:2])
+    pairs = [(TEACHER_FREE[i], seed, n, mimo.get(seed, mimo[min(mimo)])) for i, seed, n in baselines] if mimo else []
+    if not pairs:
+        return None
+    several = len({seed for _, seed, _, _ in pairs} | set(mimo)) > 1
+    figures = ", ".join(f"{name}{f' (seed {seed})' if several else ''} {n:,}" for name, seed, n, _ in pairs)
+    reference = " or ".join(f"{n:,}" for n in sorted(set(mimo.values())))
+    if all(n == m for *_, n, m in pairs):
+        return f"training budgets matched: mimo (Stage 1 + Stage 2) and each baseline saw {reference} rows " \
+               "(steps × batch size)"
+    return (f"training budgets NOT matched: mimo (Stage 1 + Stage 2) saw {reference} rows, {figures} "
+            "(steps × batch size): claims (a) and (d) compare mimo with baselines trained on other budgets")
 
 
 def claims_markdown(report: ClaimsReport) -> str:

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .claims import ClaimsReport, evaluate_claims
+from .claims import ClaimsReport, budget_note, evaluate_claims, training_rows
 from .evaluation import (TABLE_LEGEND, AUResult, EvalConfig, EvalResult, alignment_uniformity, au_points,
                          comparison_table, evaluate_models)
 from .fileio import atomic_path
@@ -151,12 +151,14 @@ def run_au_analysis(student_base, stage1, stage2, baselines, benchmark_set, eval
     pool's without an mlir benchmark, see `au_benchmark`; the vectors come from the
     evaluation's cache: give the evaluation's ``precision``), rows into
     ``au_metrics``, then the claims report (`claims`) from ``eval_result`` and the A–U figures,
+    with a last line on whether the baselines' training budget matches mimo's (`claims.budget_note`),
     written to ``plots_dir/claims.md``; one MLflow run with the figures, plots and claims."""
     em = evaluation_models(student_base, stage1, stage2, baselines, None, precision=precision)
     au = alignment_uniformity(em.models, benchmark_set.load(au_benchmark(benchmark_set)), cache_root, plots_dir,
                               eval_result, seeds=em.seeds, max_verses=max_verses, n_resamples=n_resamples)
     claims = evaluate_claims(eval_result.rows, eval_result.compare, au.models, benchmark=claims_benchmark(eval_result))
-    claims_md = claims.markdown()
+    budget = budget_note(training_rows(stage1, stage2, baselines))  # do (a) and (d) compare matched budgets?
+    claims_md = claims.markdown() + (f"\n\n{budget}" if budget else "")
     claims_path = Path(plots_dir) / "claims.md"
     with atomic_path(claims_path) as tmp:
         Path(tmp).write_text(claims_md + "\n")

@@ -16,9 +16,6 @@ from .storage import ResultsDB
 MODEL_ORDER = ("base_student", "stage1", "mimo", "mimo_lambda_0", "mimo_lambda_0.5", "mimo_lambda_1", "infonce",
                "xlco", "lakda", "use_m", "teacher_en")
 
-#: The training assets whose `stages.TrainedSet`s `training_rows` reads: Stage 1, Stage 2, the baselines.
-TRAINING_ASSETS = ("stage1_checkpoint", "stage2_checkpoint", "baseline_checkpoints")
-
 
 def load_manifest(settings: Settings, asset: str):
     """The handle of the latest materialisation of an asset (see resources.ArtifactIOManager)."""
@@ -53,43 +50,6 @@ def results_table(db: ResultsDB, dagster_run_id: str | None = None) -> str:
     header, rows = comparison_table(EvalResult(tuple(df.to_dict("records")), (), models, 0.0,
                                                compare=tuple(compare.to_dict("records"))))
     return markdown_table(header, rows) + "\n\n" + TABLE_LEGEND
-
-
-def training_rows(stage1=None, stage2=None, baselines=None) -> dict[tuple[str, int], int]:
-    """Rows each trained model's training saw (optimizer steps × batch size) by (model, seed), from the
-    training assets' `stages.TrainedSet`s; a Stage-2 model's rows include the Stage 1 it starts from
-    (its seed's, else Stage 1's only one), as the baselines' matched budget counts them."""
-    def rows(t) -> int:
-        return t.steps * t.config["stage"]["train"]["batch_size"]
-
-    out = {}
-    for trained in (stage1, baselines):
-        out.update({(name, seed): rows(t) for name, seed, t in (trained.all() if trained else ())})
-    for name, seed, t in (stage2.all() if stage2 else ()):
-        first = stage1.get("stage1", seed if seed in stage1.seeds("stage1") else None) if stage1 else None
-        out[(name, seed)] = rows(t) + (rows(first) if first is not None else 0)
-    return out
-
-
-def budget_note(rows: dict[tuple[str, int], int]) -> str | None:
-    """One line on whether each teacher-free baseline saw as many training rows as mimo (Stage 1 +
-    Stage 2) of its seed, which claims (a) and (d) assume; None without mimo or a baseline."""
-    from .claims import REFERENCE, TEACHER_FREE
-
-    mimo = {seed: n for (name, seed), n in rows.items() if name == REFERENCE}
-    baselines = sorted(((TEACHER_FREE.index(name), seed, n) for (name, seed), n in rows.items()
-                        if name in TEACHER_FREE), key=lambda x: x[:2])
-    pairs = [(TEACHER_FREE[i], seed, n, mimo.get(seed, mimo[min(mimo)])) for i, seed, n in baselines] if mimo else []
-    if not pairs:
-        return None
-    several = len({seed for _, seed, _, _ in pairs} | set(mimo)) > 1
-    figures = ", ".join(f"{name}{f' (seed {seed})' if several else ''} {n:,}" for name, seed, n, _ in pairs)
-    reference = " or ".join(f"{n:,}" for n in sorted(set(mimo.values())))
-    if all(n == m for *_, n, m in pairs):
-        return f"training budgets matched: mimo (Stage 1 + Stage 2) and each baseline saw {reference} rows " \
-               "(steps × batch size)"
-    return (f"training budgets NOT matched: mimo (Stage 1 + Stage 2) saw {reference} rows, {figures} "
-            "(steps × batch size): claims (a) and (d) compare mimo with baselines trained on other budgets")
 
 
 def print_summary(settings: Settings, dagster_run_id: str | None = None) -> None:
@@ -131,8 +91,5 @@ def print_summary(settings: Settings, dagster_run_id: str | None = None) -> None
     if au is not None and getattr(au, "claims_md", ""):
         print("\nthe paper's claims on this run:")
         print(au.claims_md)
-    note = budget_note(training_rows(*(load_manifest(settings, a) for a in TRAINING_ASSETS)))
-    if note:
-        print(f"\n{note}")
     print(f"\nquery the results: duckdb -readonly {db_path}  (views checkpoints, eval_metrics, eval_compare, "
           f"au_metrics)")

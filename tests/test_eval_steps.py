@@ -10,6 +10,7 @@ import pytest
 
 from mimo_pipeline.eval_steps import run_au_analysis, run_mlir_eval
 from mimo_pipeline.evaluation import EvalConfig
+from mimo_pipeline.stages import TrainedSet
 from mimo_pipeline.storage import ResultsDB
 from tests.conftest import build_tiny_bert
 from tests.test_evaluation import AllBenches, TextCounter, benches
@@ -28,16 +29,6 @@ class FakeTracker:
         yield SimpleNamespace(log_metrics=lambda m, step=None: rec.metrics.update(m),
                               log_artifact=lambda path, where=None: rec.artifacts.append(str(path)),
                               set_tag=lambda k, v: rec.set_tags.update({k: v}))
-
-
-class TrainedSet:
-    """The shape of stages.TrainedSet: name -> seed -> TrainedModel."""
-
-    def __init__(self, models):
-        self.models = models
-
-    def all(self):
-        return [(n, s, t) for n, by_seed in self.models.items() for s, t in sorted(by_seed.items())]
 
 
 class WithDev(AllBenches):
@@ -60,14 +51,15 @@ def checkpoints(tmp_path_factory):
         folder = build_tiny_bert(root / name, words, seed=seed)
         ckpt[name] = SimpleNamespace(path=str(folder), fingerprint=f"tiny-{name}")
 
-    def trained(name, seed):
-        return SimpleNamespace(checkpoint=ckpt[name], seed=seed)
+    def trained(name, seed, steps=12):  # the default's steps: Stage 1 24, Stage 2 12, baselines 36, 16 rows each
+        return SimpleNamespace(checkpoint=ckpt[name], seed=seed, steps=steps,
+                               config={"stage": {"train": {"batch_size": 16}}})
 
     return {"student_base": ckpt["base"],
-            "stage1": TrainedSet({"stage1": {13: trained("stage1", 13)}}),
+            "stage1": TrainedSet({"stage1": {13: trained("stage1", 13, steps=24)}}),
             "stage2": TrainedSet({"mimo": {13: trained("mimo", 13), 14: trained("mimo14", 14)},
                                   "mimo_lambda_1": {13: trained("lam1", 13)}}),
-            "baselines": TrainedSet({"xlco": {13: trained("xlco", 13)}})}
+            "baselines": TrainedSet({"xlco": {13: trained("xlco", 13, steps=36)}})}
 
 
 @pytest.fixture(scope="module")
@@ -148,26 +140,9 @@ def test_make_run_summary_prints_the_claims_and_the_readonly_command(ran, capsys
     assert f"duckdb -readonly {ran.home / 'mimo.duckdb'}" in out
     assert "the paper's claims on this run:" in out and ran.au.claims_md in out
     assert "alignment and uniformity" in out and "| mimo |" in out
-    assert "training budgets" not in out  # no training manifests, no budget line
-
-
-def test_make_run_summary_says_when_the_baselines_budget_is_not_mimos(tmp_path, capsys):
-    """The line `make run RUN_CONFIG=configs/fits_15_minutes.yaml` prints (baselines at Stage 2's steps),
-    read from the training assets' manifests."""
-    from mimo_pipeline.report import TRAINING_ASSETS, print_summary
-    from mimo_pipeline.settings import Settings
-    from tests.test_report import _trained
-
-    settings = Settings.resolve(home=str(tmp_path), profile="default", env={})
-    manifests = tmp_path / "manifests" / "default"
-    manifests.mkdir(parents=True)
-    sets = (_trained(stage1={13: (24, 16)}), _trained(mimo={13: (12, 16)}),
-            _trained(infonce={13: (12, 16)}, xlco={13: (12, 16)}, lakda={13: (12, 16)}))
-    for asset, trained in zip(TRAINING_ASSETS, sets):
-        (manifests / f"{asset}.pkl").write_bytes(pickle.dumps(trained))
-    print_summary(settings)
-    assert ("training budgets NOT matched: mimo (Stage 1 + Stage 2) saw 576 rows, infonce 192, xlco 192, "
-            "lakda 192") in capsys.readouterr().out
+    # the claims end with the budget line: xlco's 36 steps against mimo's 24 + 12 (both seeds start from Stage 1's)
+    assert ran.au.claims_md.endswith("training budgets matched: mimo (Stage 1 + Stage 2) and each baseline saw "
+                                     "576 rows (steps × batch size)")
 
 
 def test_au_reads_the_mlir_pool_or_else_the_translation_pool():

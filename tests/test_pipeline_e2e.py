@@ -50,6 +50,18 @@ def test_results_in_duckdb(smoke):
     assert {"alignment", "uniformity"} == set(au.metric) and np.isfinite(au.value).all()
 
 
+def test_the_claims_say_the_baselines_trained_on_mimos_budget(smoke):
+    """The real training assets' outputs carry what `claims.training_rows` counts: the claims report
+    (au_analysis' metadata, claims.md) ends with the budget line, matched as the profile sets it."""
+    from mimo_pipeline.settings import get_profile
+
+    t = get_profile("smoke").training
+    rows = (t.stage1_steps + t.stage2_steps) * t.batch_size
+    claims = materializations(instance_of(smoke), "au_analysis")[0].metadata["claims"].value
+    assert claims.endswith(f"training budgets matched: mimo (Stage 1 + Stage 2) and each baseline saw {rows} rows "
+                           "(steps × batch size)"), claims[-300:]
+
+
 def test_artifacts_layout_and_no_half_written_files(smoke):
     home = smoke["home"]
     for sub in ("corpus", "teacher_cache", "models", "plots", "mlartifacts"):
