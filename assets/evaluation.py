@@ -135,13 +135,14 @@ def mlir_eval(context: AssetExecutionContext, config: MlirEvalConfig, mlir_bench
 
 @asset(
     group_name="evaluation",
-    code_version="2",
+    code_version="3",
     description="Alignment and uniformity (Wang & Isola 2020) per model on the MLIR pool's verses, from the vectors "
                 "mlir_eval cached: alignment over translation pairs (with English per language, all language pairs "
                 "under 'all'), uniformity within each language, across languages and pooled; plots of alignment vs "
                 "each uniformity, the λ ablation and per-language MLIR nDCG@10 under MIMO_HOME/plots. Then the "
                 "claims report: whether the paper's claims (a)-(d) hold on this run, with the figures, intervals "
-                "and p-values that decide them. Rows go to DuckDB au_metrics.",
+                "and p-values that decide them, and whether the baselines trained on mimo's budget. Rows go to "
+                "DuckDB au_metrics.",
     check_specs=[AssetCheckSpec("figures_finite", asset="au_analysis")],
     io_manager_key="artifacts",
 )

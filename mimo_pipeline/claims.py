@@ -287,7 +287,7 @@ def budget_note(rows: dict[tuple[str, int], int]) -> str | None:
         return None
     several = len({seed for _, seed, _, _ in pairs} | set(mimo)) > 1
     figures = ", ".join(f"{name}{f' (seed {seed})' if several else ''} {n:,}" for name, seed, n, _ in pairs)
-    reference = " or ".join(f"{n:,}" for n in sorted(set(mimo.values())))
+    reference = " or ".join(f"{m:,}" for m in sorted({m for *_, m in pairs}))
     if all(n == m for *_, n, m in pairs):
         return f"training budgets matched: mimo (Stage 1 + Stage 2) and each baseline saw {reference} rows " \
                "(steps × batch size)"

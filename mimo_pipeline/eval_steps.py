@@ -9,7 +9,8 @@ runs to MLflow, and returns a report with the markdown tables and figures the as
   table (test benchmarks; development benchmarks ``dev-*`` in a table of their own).
 - `run_au_analysis`: the same models' cached vectors -> `evaluation.alignment_uniformity`
   (rows into ``au_metrics``, plots), then `claims.evaluate_claims` on the evaluation's rows
-  and the A–U figures; one MLflow run with the figures, plots and ``claims.md``.
+  and the A–U figures, with the training-budget line last (`claims.budget_note`); one MLflow run
+  with the figures, plots and ``claims.md``.
 """
 
 from __future__ import annotations
@@ -153,11 +154,11 @@ def run_au_analysis(student_base, stage1, stage2, baselines, benchmark_set, eval
     ``au_metrics``, then the claims report (`claims`) from ``eval_result`` and the A–U figures,
     with a last line on whether the baselines' training budget matches mimo's (`claims.budget_note`),
     written to ``plots_dir/claims.md``; one MLflow run with the figures, plots and claims."""
+    budget = budget_note(training_rows(stage1, stage2, baselines))  # do (a) and (d) compare matched budgets?
     em = evaluation_models(student_base, stage1, stage2, baselines, None, precision=precision)
     au = alignment_uniformity(em.models, benchmark_set.load(au_benchmark(benchmark_set)), cache_root, plots_dir,
                               eval_result, seeds=em.seeds, max_verses=max_verses, n_resamples=n_resamples)
     claims = evaluate_claims(eval_result.rows, eval_result.compare, au.models, benchmark=claims_benchmark(eval_result))
-    budget = budget_note(training_rows(stage1, stage2, baselines))  # do (a) and (d) compare matched budgets?
     claims_md = claims.markdown() + (f"\n\n{budget}" if budget else "")
     claims_path = Path(plots_dir) / "claims.md"
     with atomic_path(claims_path) as tmp:

@@ -171,3 +171,6 @@ def test_the_budget_note_says_whether_every_baseline_saw_mimos_rows():
     seeds = {("mimo", 13): 576, ("mimo", 14): 576, ("infonce", 13): 576, ("infonce", 14): 192}
     assert "infonce (seed 14) 192" in budget_note(seeds)
     assert budget_note({("mimo", 13): 576}) is None and budget_note({("infonce", 13): 576}) is None
+    # a baseline seed without its own mimo is compared with mimo's first seed, and only that figure is named
+    other = budget_note({("mimo", 13): 576, ("mimo", 14): 352, ("infonce", 15): 576})
+    assert other.startswith("training budgets matched") and "saw 576 rows" in other

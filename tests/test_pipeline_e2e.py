@@ -57,9 +57,10 @@ def test_the_claims_say_the_baselines_trained_on_mimos_budget(smoke):
 
     t = get_profile("smoke").training
     rows = (t.stage1_steps + t.stage2_steps) * t.batch_size
+    line = f"training budgets matched: mimo (Stage 1 + Stage 2) and each baseline saw {rows} rows (steps × batch size)"
     claims = materializations(instance_of(smoke), "au_analysis")[0].metadata["claims"].value
-    assert claims.endswith(f"training budgets matched: mimo (Stage 1 + Stage 2) and each baseline saw {rows} rows "
-                           "(steps × batch size)"), claims[-300:]
+    assert claims.endswith(line), claims[-300:]
+    assert (smoke["home"] / "plots" / "claims.md").read_text().rstrip().endswith(line)
 
 
 def test_artifacts_layout_and_no_half_written_files(smoke):

@@ -105,9 +105,10 @@ def test_the_15_minute_config_drops_what_its_comment_says_and_no_more():
     profile's, so the file stays true if that default changes); nothing else set."""
     from mimo_pipeline.settings import get_profile
 
-    ops = yaml.safe_load((REPO / "configs" / "fits_15_minutes.yaml").read_text())["ops"]
-    assert ops == {"stage2_checkpoint": {"config": {"lambda_ablation": False}},
-                   "baseline_checkpoints": {"config": {"steps": get_profile("default").training.stage2_steps}}}
+    stage2_steps = get_profile("default").training.stage2_steps
+    config = yaml.safe_load((REPO / "configs" / "fits_15_minutes.yaml").read_text())
+    assert config == {"ops": {"stage2_checkpoint": {"config": {"lambda_ablation": False}},
+                              "baseline_checkpoints": {"config": {"steps": stage2_steps}}}}
 
 
 # --------------------------------------------------------------------------- a made-up language
@@ -379,7 +380,8 @@ def test_the_evaluation_half_on_user_benchmarks_with_tiny_models(tmp_path, monke
     from mimo_pipeline.evaluation import EvalConfig
     from mimo_pipeline.storage import ResultsDB
     from tests.conftest import build_tiny_bert
-    from tests.test_eval_steps import FakeTracker, TrainedSet
+    from mimo_pipeline.stages import TrainedSet
+    from tests.test_eval_steps import FakeTracker
 
     data = write_user_data(tmp_path / "in")
     corpus = build_parallel_corpus_cached(CorpusConfig(source_path=str(data["corpus"])), tmp_path / "corpus")
@@ -392,12 +394,13 @@ def test_the_evaluation_half_on_user_benchmarks_with_tiny_models(tmp_path, monke
                                   fingerprint=f"tiny-{name}")
             for i, name in enumerate(("base", "stage1", "mimo", "lam0", "lam1", "xlco"))}
 
-    def trained(name):
-        return {13: SimpleNamespace(checkpoint=ckpt[name], seed=13)}
+    def trained(name, steps=12):  # the default's steps (Stage 1 24, Stage 2 12, baselines 36) of 16 rows
+        return {13: SimpleNamespace(checkpoint=ckpt[name], seed=13, steps=steps,
+                                    config={"stage": {"train": {"batch_size": 16}}})}
 
-    stage1 = TrainedSet({"stage1": trained("stage1")})
+    stage1 = TrainedSet({"stage1": trained("stage1", 24)})
     stage2 = TrainedSet({"mimo": trained("mimo"), "mimo_lambda_0": trained("lam0"), "mimo_lambda_1": trained("lam1")})
-    baselines = TrainedSet({"xlco": trained("xlco")})
+    baselines = TrainedSet({"xlco": trained("xlco", 36)})
     monkeypatch.setattr("mimo_pipeline.models.UseEmbedder", FakeUse)
     home = tmp_path / "home"
     db, tracker = ResultsDB(home / "mimo.duckdb"), FakeTracker()
@@ -415,6 +418,8 @@ def test_the_evaluation_half_on_user_benchmarks_with_tiny_models(tmp_path, monke
         assert {"mimo", "xlco", "base_student", "use_m"} <= set(mine.model), name
     assert set(LANGS) <= set(db.query("SELECT DISTINCT lang FROM au_metrics").lang)
     assert f"MLIR nDCG@10 ({RELEASE_NAME})" in au.claims_md
+    assert au.claims_md.endswith("training budgets matched: mimo (Stage 1 + Stage 2) and each baseline saw 576 rows "
+                                 "(steps × batch size)")
     assert not bible_tripwire, bible_tripwire[0]
 
 
