@@ -267,7 +267,7 @@ def stage2_checkpoint(context: AssetExecutionContext, config: Stage2Settings, st
     out, metadata, recs = {}, {}, {}
     identity = _identity(teacher_embeddings, student_base)
     for seed in seeds:
-        stage1 = stage1_checkpoint.get("stage1", seed if seed in stage1_checkpoint.seeds("stage1") else None)
+        stage1 = stage1_checkpoint.own_or_first("stage1", seed)
         for name, lam in variants:
             cfg = _stage_config(config, s, s.profile.training.stage2_steps, seed, lam=lam)
             trained, run_id = _train_tracked(context, name, tracking, catalog, cfg, "train_stage2",

@@ -263,7 +263,8 @@ CLAIMS_LEGEND = (f"difference = first − second model, 95% interval; holds = th
 def training_rows(stage1=None, stage2=None, baselines=None) -> dict[tuple[str, int], int]:
     """Rows each trained model's training saw (optimizer steps × batch size) by (model, seed), from the
     training assets' `stages.TrainedSet`s; a Stage-2 model's rows include the Stage 1 it starts from
-    (its seed's, else Stage 1's only one), as the baselines' matched budget counts them."""
+    (`stages.TrainedSet.own_or_first`, as `stage2_checkpoint` picks it), as the baselines' matched budget
+    counts them."""
     def rows(t) -> int:
         return t.steps * t.config["stage"]["train"]["batch_size"]
 
@@ -271,8 +272,7 @@ def training_rows(stage1=None, stage2=None, baselines=None) -> dict[tuple[str, i
     for trained in (stage1, baselines):
         out.update({(name, seed): rows(t) for name, seed, t in (trained.all() if trained else ())})
     for name, seed, t in (stage2.all() if stage2 else ()):
-        first = stage1.get("stage1", seed if seed in stage1.seeds("stage1") else None) if stage1 else None
-        out[(name, seed)] = rows(t) + (rows(first) if first is not None else 0)
+        out[(name, seed)] = rows(t) + (rows(stage1.own_or_first("stage1", seed)) if stage1 else 0)
     return out
 
 

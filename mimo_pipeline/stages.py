@@ -141,6 +141,11 @@ class TrainedSet:
         by_seed = self.models[name]
         return by_seed[seed] if seed is not None else by_seed[min(by_seed)]
 
+    def own_or_first(self, name: str, seed: int) -> TrainedModel:
+        """The model of ``seed``, else of the lowest seed: the Stage 1 a Stage-2 model of ``seed`` starts from."""
+        by_seed = self.models[name]
+        return by_seed.get(seed, by_seed[min(by_seed)])
+
     def seeds(self, name: str) -> list[int]:
         return sorted(self.models.get(name, {}))
 
